@@ -1,0 +1,82 @@
+"""Controller settings, from the environment (``TASKBOX_*``) or a ``.env`` file.
+
+No secret has a default here; settings that guard access refuse placeholders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "token", "placeholder", "xxx", "todo"}
+
+
+class Settings(BaseSettings):
+    """Every knob of the controller; each field documents itself."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TASKBOX_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        use_attribute_docstrings=True,
+    )
+
+    policies_dir: Path = PROJECT_ROOT / "policies"
+    """Folder of policy YAML files."""
+    runs_dir: Path = PROJECT_ROOT / "var" / "runs"
+    """Where every run's folder (staging and record) lives."""
+    image: str = "taskbox-sandbox:latest"
+    """The sandbox image tag built by ``taskbox image build``."""
+    keep_staging: bool = False
+    """Keep each run's staging folder after the run (for debugging)."""
+    anthropic_api_key: SecretStr | None = None
+    """The real model API key; used only by the gateway, never passed to a sandbox."""
+    anthropic_base_url: str = "https://api.anthropic.com"
+    """Upstream of the ``anthropic`` gateway upstream."""
+    docker_host: str | None = None
+    """Engine address; the docker SDK's default (``DOCKER_HOST`` or the local socket) when unset."""
+    api_tokens: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
+    """Bearer tokens of the API: ``TOKEN=repo1,repo2;TOKEN2=*`` (``*`` allows every repository)."""
+    repositories: Annotated[dict[str, Path], NoDecode] = Field(default_factory=dict)
+    """Repositories by name: ``name=/path;other=/path``. Callers only ever pass names."""
+    max_concurrent_tasks: int = Field(default=2, ge=1, le=64)
+    """Tasks running at once; the rest wait in order."""
+    database: Path = PROJECT_ROOT / "var" / "taskbox.sqlite3"
+    """SQLite file of the task index."""
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            parsed: dict[str, list[str]] = {}
+            for item in filter(None, (part.strip() for part in value.split(";"))):
+                token, _, repos = item.partition("=")
+                parsed[token.strip()] = [r.strip() for r in repos.split(",") if r.strip()] or ["*"]
+            value = parsed
+        if isinstance(value, dict):
+            for token in value:
+                if str(token).strip().lower() in _PLACEHOLDERS or len(str(token)) < 16:
+                    raise ValueError(
+                        "an API token is a placeholder or shorter than 16 characters; "
+                        "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                    )
+        return value
+
+    @field_validator("repositories", mode="before")
+    @classmethod
+    def _parse_repositories(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = (item.partition("=") for item in value.split(";") if item.strip())
+            return {name.strip(): Path(path.strip()) for name, _, path in pairs}
+        return value
+
+
+def get_settings() -> Settings:
+    """Settings as the environment gives them now."""
+    return Settings()
