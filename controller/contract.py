@@ -97,7 +97,9 @@ class Task(BaseModel):
     description: Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
     spec_snippet: Annotated[str, StringConstraints(max_length=100_000)] = ""
     owns_paths: list[RelPath] = Field(min_length=1, max_length=200)
-    context_json: Annotated[dict[str, dict[str, JsonValue]], BeforeValidator(_json_object_from_string)]
+    context_json: Annotated[
+        dict[str, dict[str, JsonValue]], BeforeValidator(_json_object_from_string)
+    ]
     worker: Literal["be-python"] = "be-python"
     resources: ResourceRequest | None = None
 

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
+MIN_TOKEN_LENGTH = 16
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "token", "placeholder", "xxx", "todo"}
 
 
@@ -61,7 +62,10 @@ class Settings(BaseSettings):
             value = parsed
         if isinstance(value, dict):
             for token in value:
-                if str(token).strip().lower() in _PLACEHOLDERS or len(str(token)) < 16:
+                if (
+                    str(token).strip().lower() in _PLACEHOLDERS
+                    or len(str(token)) < MIN_TOKEN_LENGTH
+                ):
                     raise ValueError(
                         "an API token is a placeholder or shorter than 16 characters; "
                         "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"

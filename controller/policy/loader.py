@@ -7,15 +7,18 @@ ever grows: a child can add deny rules and never remove one.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
-from controller.contract import ResourceRequest
 from controller.errors import InvalidTaskError, PolicyError
 from controller.policy.schema import POLICY_NAME, Limits, Policy
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from controller.contract import ResourceRequest
 
 MAX_EXTENDS_DEPTH = 8
 
@@ -68,7 +71,8 @@ def load_policy_file(path: Path) -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
         )
         raise PolicyError(f"{path}: {problems}") from exc
     if policy.name != path.stem:

@@ -11,7 +11,14 @@ import json
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 #: The deny rules every policy carries whatever its file says: deny beats allow,
 #: and no policy can drop these.
@@ -74,8 +81,10 @@ class Tmpfs(_PolicyModel):
     @classmethod
     def _not_reserved(cls, value: str) -> str:
         reserved = ("/work", "/out", "/taskbox", "/run/taskbox", "/proc", "/sys", "/dev")
-        if value == "/" or ".." in value.split("/") or any(
-            value == r or value.startswith(r + "/") for r in reserved
+        if (
+            value == "/"
+            or ".." in value.split("/")
+            or any(value == r or value.startswith(r + "/") for r in reserved)
         ):
             raise ValueError(f"tmpfs path {value!r} is reserved or unsafe")
         return value

@@ -1,0 +1,65 @@
+"""RunConfig: what the controller tells the runner, written to ``/taskbox/run.json``.
+
+The controller builds it (trusted); the runner only reads it. It imports only
+pydantic and the shared contract so it works inside the sandbox image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
+
+from controller.contract import Task
+
+GitBlobId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
+
+
+class RunBudget(BaseModel):
+    """The loop's own budget; the gateway enforces the token and request caps again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    max_tokens_per_request: int = Field(gt=0)
+    max_total_tokens: int = Field(gt=0)
+    max_rounds: int = Field(gt=0)
+    wall_clock_seconds: int = Field(gt=0)
+
+
+class RunConfig(BaseModel):
+    """Everything the runner needs; nothing the runner could use to widen its reach."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,80}$")]
+    task: Task
+    base_files: dict[str, GitBlobId]
+    """Every file staged under /work at the base commit, with its git blob id. The
+    runner's scratch base commit holds exactly these files; the controller rebuilds
+    the same tree on the host and compares."""
+    base_modes: dict[str, str] = Field(default_factory=dict)
+    """Git modes of ``base_files`` other than 100644 (100755 for executables)."""
+    owns_paths: list[str]
+    """The planned read-write paths (normalised; directories end with '/')."""
+    readable_paths: list[str]
+    """Every path the model may view: relevant files, the contract, and ``owns_paths``."""
+    missing_context: list[str] = Field(default_factory=list)
+    """Relevant files the plan refused or that were absent, each 'path — reason'."""
+    openapi_path: str | None = None
+    """The contract file under /work, when the task has one."""
+    coverage_threshold: float = 80.0
+    budget: RunBudget
+    gateway_socket: Path = Path("/run/taskbox/gateway.sock")
+    gateway_token: SecretStr
+    """Per-run token for the gateway; it is not the model API key and dies with the run."""
+    workdir: Path = Path("/work")
+    outdir: Path = Path("/out")
+
+    def dump_for_sandbox(self) -> str:
+        """JSON for ``/taskbox/run.json``, with the gateway token revealed (and only there)."""
+        data = self.model_dump(mode="json")
+        data["gateway_token"] = self.gateway_token.get_secret_value()
+        return json.dumps(data, indent=2, sort_keys=True)
