@@ -71,7 +71,11 @@ class ContractResult(_Strict):
     openapi_path: RelPath
 
 
-_SUFFIXES = {"ctx": CtxResult, "schema": SchemaResult, "contract": ContractResult}
+_SUFFIXES: dict[str, type[_Strict]] = {
+    "ctx": CtxResult,
+    "schema": SchemaResult,
+    "contract": ContractResult,
+}
 
 
 class ResourceRequest(_Strict):

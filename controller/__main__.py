@@ -1,0 +1,5 @@
+"""``python -m controller`` does what the ``taskbox`` command does."""
+
+from controller.cli import main
+
+main()

@@ -1,0 +1,27 @@
+"""The ``taskbox`` command line: one group per area, each in its own module."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from controller import __version__
+from controller.cli.policy import policy
+
+
+@click.group()
+@click.version_option(__version__, prog_name="taskbox")
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+def cli(verbose: int) -> None:
+    """Taskbox: run each agent task in a locked-down container and check what comes out."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(policy)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

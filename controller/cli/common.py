@@ -1,0 +1,42 @@
+"""Pieces every CLI command shares: loading a task file, resolving a repository, error display."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import click
+from pydantic import ValidationError
+
+from controller.contract import Task
+from controller.errors import InvalidTaskError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def load_task_file(path: Path) -> Task:
+    """Read and validate a task JSON file; a clear InvalidTaskError when it is wrong."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidTaskError(f"{path}: cannot read: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidTaskError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from exc
+    try:
+        return Task.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidTaskError(f"{path}: {describe_validation_error(exc)}") from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, ``field.path: message``; no input values echoed back."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+class CliError(click.ClickException):
+    """A failure shown to the user as ``error: message`` with exit status 2."""
+
+    exit_code = 2

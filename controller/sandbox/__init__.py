@@ -1,0 +1,1 @@
+"""Sandbox backends and the container settings they apply."""

@@ -1,0 +1,193 @@
+"""The hardened container settings, built by one pure function from the policy and the plan.
+
+A security reviewer reads this file to know what every sandbox gets; a unit
+test asserts the exact values, and an integration test checks them again on a
+real container with ``docker inspect``. Nothing here talks to an engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from controller.policy.planner import MountPlan
+    from controller.policy.schema import Policy
+
+MIB = 1024 * 1024
+
+#: Where things live inside every sandbox (shared with the runner's RunConfig defaults).
+WORKDIR = "/work"
+OUTDIR = "/out"
+TASKBOX_DIR = "/taskbox"
+GATEWAY_DIR = "/run/taskbox"
+RUN_CONFIG = f"{TASKBOX_DIR}/run.json"
+
+#: Labels every Taskbox container carries; cleanup finds orphans by ``managed``.
+LABEL_MANAGED = "org.taskbox.managed"
+LABEL_RUN = "org.taskbox.run"
+LABEL_TASK = "org.taskbox.task"
+LABEL_POLICY = "org.taskbox.policy-digest"
+LABEL_CONTROLLER = "org.taskbox.controller"
+
+#: The sandbox's environment: no secret, nothing from the host's environment.
+SANDBOX_ENV: dict[str, str] = {
+    "HOME": "/home/sandbox",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    # Bytecode of code written in the sandbox goes to tmpfs, never into ownsPaths.
+    "PYTHONPYCACHEPREFIX": "/tmp/pycache",
+    "PYTHONUNBUFFERED": "1",
+    # coverage writes its data file in the working folder, which is read-only.
+    "COVERAGE_FILE": "/tmp/.coverage",
+    "TASKBOX_RUN_CONFIG": RUN_CONFIG,
+}
+
+
+class BindMount(BaseModel):
+    """A host folder or file made visible inside the sandbox."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Path
+    target: str
+    read_only: bool
+
+
+class TmpfsMount(BaseModel):
+    """An in-memory mount; always noexec, nosuid, nodev."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str
+    size_bytes: int
+    options: tuple[str, ...] = ("rw", "noexec", "nosuid", "nodev")
+    mode: int = 0o1777
+
+    def option_string(self) -> str:
+        """The engine's tmpfs option form, e.g. ``rw,noexec,nosuid,nodev,size=268435456,mode=1777``."""
+        return ",".join([*self.options, f"size={self.size_bytes}", f"mode={self.mode:o}"])
+
+
+class Ulimit(BaseModel):
+    """One resource limit set with setrlimit at start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["nofile", "fsize", "core", "nproc"]
+    soft: int
+    hard: int
+
+
+class ContainerSpec(BaseModel):
+    """Everything a backend needs to create one sandbox, and nothing it may add to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    image: str
+    command: list[str]
+    user: str
+    working_dir: str = WORKDIR
+    environment: dict[str, str]
+    labels: dict[str, str]
+    mounts: list[BindMount]
+    tmpfs: list[TmpfsMount]
+    read_only_root: Literal[True] = True
+    network_disabled: Literal[True] = True
+    cap_drop: tuple[str, ...] = ("ALL",)
+    security_opt: tuple[str, ...] = ("no-new-privileges:true",)
+    privileged: Literal[False] = False
+    memory_bytes: int = Field(gt=0)
+    memory_swap_bytes: int = Field(gt=0)
+    nano_cpus: int = Field(gt=0)
+    pids_limit: int = Field(gt=0)
+    shm_bytes: int = 16 * MIB
+    ulimits: list[Ulimit]
+    init: Literal[True] = True
+    ipc_mode: Literal["private"] = "private"
+    log_max_bytes: int = Field(gt=0)
+    wall_clock_seconds: int = Field(gt=0)
+
+
+class StagingPaths(BaseModel):
+    """The host folders of one run's staging area (see controller/staging.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root: Path
+    work: Path
+    out: Path
+    taskbox: Path
+    gateway: Path
+
+    @classmethod
+    def under(cls, root: Path) -> StagingPaths:
+        """The standard layout below ``root``."""
+        return cls(
+            root=root,
+            work=root / "work",
+            out=root / "out",
+            taskbox=root / "taskbox",
+            gateway=root / "gateway",
+        )
+
+
+def build_container_spec(
+    *,
+    policy: Policy,
+    plan: MountPlan,
+    staging: StagingPaths,
+    image: str,
+    run_id: str,
+    command: list[str],
+    controller_id: str = "taskbox",
+) -> ContainerSpec:
+    """The hardened settings of one sandbox: the plan's mounts and the policy's limits, nothing else."""
+    limits = policy.limits
+    # The whole staged tree is read-only; each owned path is mounted writable on top of it.
+    # Only planned files were staged, so nothing else of the repository exists inside.
+    mounts = [BindMount(source=staging.work, target=WORKDIR, read_only=True)]
+    mounts += [
+        BindMount(
+            source=staging.work / entry.path, target=f"{WORKDIR}/{entry.path}", read_only=False
+        )
+        for entry in plan.read_write
+    ]
+    mounts += [
+        BindMount(source=staging.out, target=OUTDIR, read_only=False),
+        BindMount(source=staging.taskbox, target=TASKBOX_DIR, read_only=True),
+        # Read-only is enough to connect(): the gateway's per-run token is the credential.
+        BindMount(source=staging.gateway, target=GATEWAY_DIR, read_only=True),
+    ]
+    memory = limits.memory_mb * MIB
+    file_size = limits.file_size_mb * MIB
+    return ContainerSpec(
+        name=f"taskbox-{run_id}",
+        image=image,
+        command=command,
+        user=f"{policy.uid}:{policy.gid}",
+        environment=dict(SANDBOX_ENV),
+        labels={
+            LABEL_MANAGED: "1",
+            LABEL_RUN: run_id,
+            LABEL_TASK: plan.task_key,
+            LABEL_POLICY: plan.policy_digest,
+            LABEL_CONTROLLER: controller_id,
+        },
+        mounts=mounts,
+        tmpfs=[TmpfsMount(target=t.path, size_bytes=t.size_mb * MIB) for t in policy.tmpfs],
+        memory_bytes=memory,
+        memory_swap_bytes=memory,  # equal: no swap beyond the memory limit
+        nano_cpus=int(limits.cpus * 1_000_000_000),
+        pids_limit=limits.pids,
+        ulimits=[
+            Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile),
+            Ulimit(name="fsize", soft=file_size, hard=file_size),
+            Ulimit(name="core", soft=0, hard=0),
+        ],
+        log_max_bytes=limits.log_max_mb * MIB,
+        wall_clock_seconds=limits.wall_clock_seconds,
+    )
