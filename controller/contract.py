@@ -269,3 +269,17 @@ def parse_untrusted_result(raw: bytes, *, max_bytes: int = 1_000_000) -> TaskRes
     if _depth(data, MAX_RESULT_DEPTH) > MAX_RESULT_DEPTH:
         raise ValueError(f"result.json is nested deeper than {MAX_RESULT_DEPTH} levels")
     return TaskResult.model_validate(data)
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The committed JSON Schemas of the task (as sent) and the result (as reported)."""
+    task = Task.model_json_schema(by_alias=True, mode="validation")
+    task["$id"] = "https://taskbox.dev/schemas/task.schema.json"
+    task["properties"]["contextJson"]["description"] = (
+        "Dependency results keyed '<taskKey>-ctx' (required: relevant_files, world_state), "
+        "'<taskKey>-schema' (interfaces, data_models, constraints) and "
+        "'<taskKey>-contract' (openapi_path); may also be sent as a JSON string."
+    )
+    result = TaskResult.model_json_schema(mode="serialization")
+    result["$id"] = "https://taskbox.dev/schemas/result.schema.json"
+    return {"task.schema.json": task, "result.schema.json": result}

@@ -8,6 +8,7 @@ import click
 
 from controller import __version__
 from controller.cli.policy import policy
+from controller.cli.schema import schema
 
 
 @click.group()
@@ -20,6 +21,7 @@ def cli(verbose: int) -> None:
 
 
 cli.add_command(policy)
+cli.add_command(schema)
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -15,9 +15,11 @@ from controller.errors import TaskboxError
 from controller.gitrepo import ensure_repository, list_tree, resolve_commit
 from controller.policy.loader import effective_policy, load_policy_file, policy_for_worker
 from controller.policy.planner import MountPlan, plan_mounts
-from controller.policy.schema import Policy
 from controller.sandbox.spec import ContainerSpec, StagingPaths, build_container_spec
 from controller.settings import get_settings
+
+if TYPE_CHECKING:
+    from controller.policy.schema import Policy
 
 
 class Explanation:

@@ -159,7 +159,7 @@ class MountPlanner:
         self._tree = tree
         self._policy = policy
         self._rules = [
-            (rule, pathspec.PathSpec.from_lines("gitwildmatch", [rule])) for rule in policy.deny
+            (rule, pathspec.PathSpec.from_lines("gitignore", [rule])) for rule in policy.deny
         ]
         self._dirs = {a for p in tree for a in _ancestors(p)}
 
