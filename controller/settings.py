@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     """Tasks running at once; the rest wait in order."""
     database: Path = PROJECT_ROOT / "var" / "taskbox.sqlite3"
     """SQLite file of the task index."""
+    max_queued_tasks: int = Field(default=1000, ge=1, le=1_000_000)
+    """Tasks that may wait in the queue; a submission beyond it gets 503 ``queue_full``."""
+    shutdown_grace_seconds: float = Field(default=60.0, ge=0, le=86_400)
+    """On SIGTERM, how long running tasks may go on before they are cancelled and re-queued."""
+    max_request_bytes: int = Field(default=4 * 2**20, ge=1024, le=2**30)
+    """Largest request body the API reads; a larger one gets 413 ``request_too_large``."""
+    executor_module: str = Field(
+        default="controller.runs", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+    )
+    """Module whose ``make_executor(settings)`` (and optional ``make_readiness_probes(settings)``)
+    ``taskbox serve`` uses. Only tests point it elsewhere (at a fake executor)."""
 
     @field_validator("api_tokens", mode="before")
     @classmethod

@@ -7,8 +7,13 @@ import logging
 import click
 
 from controller import __version__
+from controller.cli.api import api
+from controller.cli.image import image
 from controller.cli.policy import policy
+from controller.cli.run import run
+from controller.cli.sandbox import sandbox
 from controller.cli.schema import schema
+from controller.cli.serve import serve
 
 
 @click.group()
@@ -21,7 +26,12 @@ def cli(verbose: int) -> None:
 
 
 cli.add_command(policy)
+cli.add_command(run)
 cli.add_command(schema)
+cli.add_command(serve)
+cli.add_command(api)
+cli.add_command(image)
+cli.add_command(sandbox)
 
 
 def main() -> None:

@@ -1,0 +1,154 @@
+"""The app factory: settings + an executor in, a FastAPI app out; and the OpenAPI document.
+
+The store and the task service live in the app's lifespan: start-up opens the
+store, recovers what a dead controller left running and starts the workers;
+shutdown drains them (``shutdown_grace_seconds``) and closes the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import anyio
+from fastapi import FastAPI
+
+from controller import __version__
+from controller.api.auth import TokenRegistry
+from controller.api.deps import AppContext, ReadinessProbe
+from controller.api.errors import error_code_table, install_error_handlers
+from controller.api.metrics import TaskMetrics
+from controller.api.middleware import RequestContextMiddleware
+from controller.api.routes import system, tasks
+from controller.service import TaskService
+from controller.settings import Settings
+from controller.store import TaskStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    from controller.service import TaskExecutor
+
+DESCRIPTION = f"""\
+Submit coding tasks to Taskbox, follow them, and read their checked results.
+
+Authenticate with `Authorization: Bearer <token>` (every route but `/healthz` and `/readyz`).
+Repositories are named, never given as paths. Submissions need an `Idempotency-Key`.
+
+Every error has the body `{{"error": {{"code": ..., "message": ..., "requestId": ...}}}}`;
+branch on `code`, never on `message`:
+
+{error_code_table()}
+"""
+
+
+def create_app(
+    settings: Settings,
+    executor: TaskExecutor,
+    *,
+    readiness_probes: Mapping[str, ReadinessProbe] | None = None,
+) -> FastAPI:
+    """The controller API over ``executor``; ``readiness_probes`` (e.g. engine, image) feed ``/readyz``."""
+    context = AppContext(
+        settings=settings,
+        tokens=TokenRegistry(settings.api_tokens),
+        metrics=TaskMetrics(),
+        probes=dict(readiness_probes or {}),
+    )
+    context.metrics.watch_store(
+        lambda: context.service.store.count_by_status() if context.service is not None else {}
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        store = await anyio.to_thread.run_sync(TaskStore, settings.database)
+        service = TaskService(
+            store=store,
+            executor=executor,
+            repositories=settings.repositories,
+            max_concurrent=settings.max_concurrent_tasks,
+            max_queued=settings.max_queued_tasks,
+            observer=context.metrics,
+        )
+        try:
+            await anyio.to_thread.run_sync(service.start)
+        except BaseException:
+            store.close()
+            raise
+        context.service = service
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(service.shutdown, settings.shutdown_grace_seconds)
+            context.service = None
+            store.close()
+
+    app = FastAPI(
+        title="Taskbox controller API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # The spec is committed as openapi.json; the server exposes no unauthenticated docs.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.taskbox = context
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.include_router(tasks.router)
+    app.include_router(system.router)
+    _tidy_openapi(app)
+    return app
+
+
+def _tidy_openapi(app: FastAPI) -> None:
+    """Fix two things FastAPI's generator gets wrong for non-JSON routes (SSE, metrics).
+
+    It files every ``model`` response under the route's media type, so the error
+    bodies of ``/metrics`` would be ``text/plain``; and it merges a model's
+    ``$ref`` into ``{"type": "string"}`` for the SSE stream.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    if status.isdigit() and int(status) >= 400:  # noqa: PLR2004 - error statuses
+                        response["content"] = {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorResponse"}
+                            }
+                        }
+                    for media in response.get("content", {}).values():
+                        if "$ref" in media.get("schema", {}):
+                            media["schema"] = {"$ref": media["schema"]["$ref"]}
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+class _SpecOnlyExecutor:
+    """Stands in for an executor where only the OpenAPI document is wanted."""
+
+    def _refuse(self, *_args: object, **_kwargs: object) -> NoReturn:
+        raise RuntimeError("this app was built only to render its OpenAPI document")
+
+    execute = container_ids_for = remove_run_containers = remove_staging = audit = _refuse
+
+
+def render_openapi() -> str:
+    """The exact text of the committed ``openapi.json``."""
+    return json.dumps(openapi_document(), indent=2, ensure_ascii=False) + "\n"
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document of the API (what ``openapi.json`` must hold)."""
+    # model_construct: defaults only, so no environment or .env file shapes the document.
+    app = create_app(Settings.model_construct(), _SpecOnlyExecutor())
+    return app.openapi()

@@ -1,0 +1,172 @@
+"""Request and response bodies of the API (camelCase on the wire, like the task contract).
+
+``Task`` and ``TaskResult`` come from :mod:`controller.contract` unchanged; the
+models here wrap them. Inputs forbid unknown fields; every field documents
+itself, and those docstrings become the OpenAPI descriptions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic.alias_generators import to_camel
+
+from controller.contract import Task
+from controller.policy.schema import Policy
+from controller.store import TaskState
+
+#: A repository name as the settings define it; never a path.
+RepositoryName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+#: A git ref or commit id; refused when it could be read as an option or holds odd characters.
+BaseRef = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9_./@^~{}+][A-Za-z0-9_./@^~{}+-]{0,254}$"),
+    Field(examples=["HEAD"]),
+]
+#: What an Idempotency-Key header may hold: visible ASCII, 1 to 200 characters.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+#: Task ids are 32 lowercase hex characters.
+TASK_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class ApiModel(BaseModel):
+    """Base of the API's own bodies: camelCase aliases, attribute docstrings as descriptions."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class SubmitTaskRequest(ApiModel):
+    """``POST /v1/tasks``: a task, the repository (by name) and the commit to start from."""
+
+    task: Task
+    """The task contract, camelCase, as the orchestrator writes it."""
+    repository: RepositoryName
+    """A repository name from the controller's settings; never a host path."""
+    base_ref: BaseRef = "HEAD"
+    """Ref or commit to start from; resolved to a commit id when the task is admitted."""
+
+
+class TaskView(ApiModel):
+    """A task's state as the API shows it."""
+
+    id: str
+    """Task id (32 hex characters)."""
+    task_key: str
+    """The task's key from the contract (``BE-123``)."""
+    repository: str
+    """Repository name."""
+    base_ref: str
+    """The ref as submitted."""
+    base_commit: str
+    """The commit that ``baseRef`` named when the task was admitted; every attempt starts here."""
+    status: TaskState
+    """``queued``, ``running``, or a final state: ``succeeded``, ``failed``, ``timeout``, ``cancelled``, ``error``."""
+    queue_position: int | None
+    """1 for the next task to start; ``null`` unless queued."""
+    attempts: int
+    """How many times a run was started (at most 2: a crash re-queues a task once)."""
+    cancel_requested: bool
+    """A cancel was asked for while the task ran; it ends ``cancelled`` unless it had already succeeded."""
+    reason: str | None
+    """Why the task did not succeed, once it is final."""
+    created_at: datetime
+    """When the task was admitted."""
+    started_at: datetime | None
+    """When its current (or last) run started."""
+    finished_at: datetime | None
+    """When it reached its final state."""
+
+
+class TaskPage(ApiModel):
+    """One page of tasks, in submission order."""
+
+    items: list[TaskView]
+    """The tasks of this page."""
+    next_cursor: str | None
+    """Pass as ``cursor`` to get the next page; ``null`` on the last page."""
+
+
+class EventView(ApiModel):
+    """One event of a task; the ``data`` of each server-sent event."""
+
+    seq: int
+    """1, 2, 3… per task; also the SSE event id, so ``Last-Event-ID`` resumes after it."""
+    stage: str
+    """``queued``, ``started``, stages of the run (``admitted``, ``staged``, ``sandbox_started``, ``round``, ``checks``, ``sandbox_exited``, ``ingested``), ``cancel_requested``, ``requeued``, and last ``finished``."""
+    message: str
+    """One human sentence."""
+    data: dict[str, JsonValue]
+    """Details of the stage."""
+    created_at: datetime
+    """When the event was recorded."""
+
+
+class AuditView(ApiModel):
+    """What the latest run of a task really got."""
+
+    task_id: str
+    """Task id."""
+    run_id: str
+    """The run the record belongs to."""
+    audit: dict[str, JsonValue]
+    """Mount plan, effective policy and its digest, image id, container settings as inspected."""
+
+
+class PolicyView(ApiModel):
+    """A policy file of the controller, validated."""
+
+    name: str
+    """Policy name (the file's stem)."""
+    digest: str
+    """sha256 over the policy's canonical JSON; recorded with every run."""
+    policy: Policy
+    """The policy, ``extends`` resolved."""
+
+
+class PolicyList(ApiModel):
+    """Every policy of the controller."""
+
+    items: list[PolicyView]
+    """Policies by name."""
+
+
+class HealthReport(ApiModel):
+    """The process answers."""
+
+    status: Literal["ok"]
+    """Always ``ok``."""
+
+
+class ReadinessReport(ApiModel):
+    """Every readiness check passed."""
+
+    status: Literal["ready"]
+    """Always ``ready`` (a failed check answers 503 ``not_ready`` instead)."""
+    checks: dict[str, Literal["ok"]]
+    """Each check by name: ``store`` (writable), ``engine`` (reachable), ``image`` (present)."""
+
+
+class ErrorDetail(ApiModel):
+    """What went wrong."""
+
+    code: str
+    """Stable, machine-readable code; see the API description for the list."""
+    message: str
+    """One sentence for a human; never a stack trace or a secret."""
+    request_id: str | None = None
+    """The request's id (also the ``X-Request-ID`` header); quote it to the operator."""
+
+
+class ErrorResponse(ApiModel):
+    """Every non-2xx answer has this body."""
+
+    error: ErrorDetail
+    """The error."""

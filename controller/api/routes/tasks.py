@@ -1,0 +1,233 @@
+"""``/v1/tasks``: submit, list, read, follow, cancel and audit tasks.
+
+Routes only translate HTTP to service calls and back; the checks that need
+the caller (which repositories a token may use) happen here, the rest in
+:class:`~controller.service.TaskService`. Handlers are plain ``def``: the
+service blocks (SQLite, git), so FastAPI runs them in its thread pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from controller.api.deps import PrincipalDep, ServiceDep, require_repository, visible_task
+from controller.api.errors import InvalidCursorError, error_responses
+from controller.api.events import EventStreamResponse, task_event_stream
+from controller.api.models import (
+    IDEMPOTENCY_KEY_PATTERN,
+    TASK_ID_PATTERN,
+    AuditView,
+    EventView,
+    RepositoryName,
+    SubmitTaskRequest,
+    TaskPage,
+    TaskView,
+)
+from controller.contract import TaskResult  # noqa: TC001 - FastAPI's response model
+from controller.service import TaskService  # noqa: TC001 - used in annotations FastAPI never sees
+from controller.store import TaskRecord, TaskState  # noqa: TC001 - FastAPI resolves TaskState
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+TaskId = Annotated[str, Path(pattern=TASK_ID_PATTERN, description="Task id (32 hex characters).")]
+
+_CURSOR = re.compile(r"^after:(\d{1,18})$")
+
+
+def encode_cursor(seq: int) -> str:
+    """An opaque cursor that resumes a listing after ``seq``."""
+    return base64.urlsafe_b64encode(f"after:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The ``seq`` a cursor resumes after; InvalidCursorError for anything this API did not make."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidCursorError("cursor is not one this API handed out") from exc
+    match = _CURSOR.match(text)
+    if match is None:
+        raise InvalidCursorError("cursor is not one this API handed out")
+    return int(match.group(1))
+
+
+def task_view(service: TaskService, record: TaskRecord) -> TaskView:
+    """The API form of a task."""
+    return TaskView(
+        id=record.id,
+        task_key=record.task_key,
+        repository=record.repository,
+        base_ref=record.base_ref,
+        base_commit=record.base_commit,
+        status=record.status,
+        queue_position=service.store.queue_position(record),
+        attempts=record.attempts,
+        cancel_requested=record.cancel_requested,
+        reason=record.reason,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a task",
+    responses=error_responses(401, 403, 404, 409, 413, 422, 500, 503),
+)
+def submit_task(
+    body: SubmitTaskRequest,
+    idempotency_key: Annotated[
+        str,
+        Header(
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+            description=(
+                "Required. The same key with the same body returns the same task (no second run); "
+                "with another body it is a 409 `idempotency_conflict`. Keys are per token."
+            ),
+        ),
+    ],
+    principal: PrincipalDep,
+    service: ServiceDep,
+    response: Response,
+) -> TaskView:
+    """Queue a task on a repository (by name). Answers 202 with the task; follow it with its events.
+
+    A retry with the same ``Idempotency-Key`` and body answers the same task
+    (header ``Idempotent-Replayed: true``) and never starts a second run.
+    """
+    require_repository(principal, body.repository)
+    submission = service.submit(
+        principal=principal.id,
+        idempotency_key=idempotency_key,
+        task=body.task,
+        repository=body.repository,
+        base_ref=body.base_ref,
+    )
+    response.headers["Location"] = f"/v1/tasks/{submission.task.id}"
+    if submission.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return task_view(service, visible_task(principal, submission.task))
+
+
+@router.get("", summary="List tasks", responses=error_responses(401, 403, 422, 500, 503))
+def list_tasks(
+    *,
+    principal: PrincipalDep,
+    service: ServiceDep,
+    status: Annotated[TaskState | None, Query(description="Only tasks in this state.")] = None,
+    repository: Annotated[
+        RepositoryName | None, Query(description="Only tasks of this repository.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=64, description="`nextCursor` of the previous page."),
+    ] = None,
+) -> TaskPage:
+    """Tasks the token may see, in submission order, one page at a time."""
+    repositories = principal.visible()
+    if repository is not None:
+        require_repository(principal, repository)
+        repositories = [repository]
+    after = 0 if cursor is None else decode_cursor(cursor)
+    records = service.list_tasks(
+        status=status, repositories=repositories, after_seq=after, limit=limit + 1
+    )
+    page = records[:limit]
+    next_cursor = encode_cursor(page[-1].seq) if len(records) > limit else None
+    return TaskPage(items=[task_view(service, r) for r in page], next_cursor=next_cursor)
+
+
+@router.get("/{task_id}", summary="Get a task", responses=error_responses(401, 403, 404, 422, 500))
+def get_task(task_id: TaskId, principal: PrincipalDep, service: ServiceDep) -> TaskView:
+    """The task's state."""
+    return task_view(service, visible_task(principal, service.get(task_id)))
+
+
+@router.get(
+    "/{task_id}/result",
+    summary="Get a task's result",
+    responses=error_responses(401, 403, 404, 409, 422, 500),
+)
+def get_result(task_id: TaskId, principal: PrincipalDep, service: ServiceDep) -> TaskResult:
+    """The result as the controller checked it; 409 ``task_not_finished`` while queued or running."""
+    visible_task(principal, service.get(task_id))
+    return service.result(task_id)
+
+
+@router.get(
+    "/{task_id}/events",
+    summary="Follow a task's events (server-sent events)",
+    response_class=EventStreamResponse,
+    responses={
+        200: {
+            "model": EventView,
+            "description": (
+                "A `text/event-stream`: each event has `id` = its sequence number, "
+                "`event` = its stage and `data` = the JSON below. The stream ends after "
+                "the `finished` event."
+            ),
+        },
+        204: {"description": "The task is finished and every event was already delivered."},
+        **error_responses(401, 403, 404, 422, 500),
+    },
+)
+def follow_events(
+    task_id: TaskId,
+    principal: PrincipalDep,
+    service: ServiceDep,
+    last_event_id: Annotated[
+        int | None,
+        Header(ge=0, description="Resume after this event (EventSource sends it on reconnect)."),
+    ] = None,
+    after: Annotated[
+        int | None, Query(ge=0, description="Like `Last-Event-ID`, for clients without headers.")
+    ] = None,
+) -> Response:
+    """Every event of the task from the start (or after ``Last-Event-ID``), live, until it ends."""
+    visible_task(principal, service.get(task_id))
+    resume = last_event_id if last_event_id is not None else (after or 0)
+    pending, complete = service.events_after(task_id, resume)
+    if complete and not pending:
+        # 204 tells an EventSource to stop reconnecting.
+        return Response(status_code=204)
+    return EventStreamResponse(task_event_stream(service, task_id, resume))
+
+
+@router.post(
+    "/{task_id}/cancel",
+    summary="Cancel a task",
+    status_code=202,
+    responses={
+        200: {"model": TaskView, "description": "The task was queued and is now cancelled."},
+        **error_responses(401, 403, 404, 409, 422, 500),
+    },
+)
+def cancel_task(
+    task_id: TaskId, principal: PrincipalDep, service: ServiceDep, response: Response
+) -> TaskView:
+    """A queued task is cancelled at once (200); a running one is stopped (202, then ``cancelled``)."""
+    visible_task(principal, service.get(task_id))
+    record = service.cancel(task_id)
+    if record.finished:
+        response.status_code = 200
+    return task_view(service, record)
+
+
+@router.get(
+    "/{task_id}/audit",
+    summary="Audit a task's run",
+    responses=error_responses(401, 403, 404, 422, 500),
+)
+def get_audit(task_id: TaskId, principal: PrincipalDep, service: ServiceDep) -> AuditView:
+    """What the latest run really got: mounts, effective policy and digest, image, container settings."""
+    visible_task(principal, service.get(task_id))
+    run_id, audit = service.audit(task_id)
+    return AuditView(task_id=task_id, run_id=run_id, audit=audit)

@@ -1,0 +1,74 @@
+"""``taskbox run``: one task end to end on this machine, with the result printed."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from controller.cli.common import CliError, load_task_file
+from controller.errors import TaskboxError
+from controller.runs import RunEvent, TaskRunner, new_run_id
+from controller.sandbox.docker import DockerBackend, DockerImages
+from controller.settings import get_settings
+
+
+@click.command()
+@click.argument("task_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--repo", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--base", default="HEAD", show_default=True, help="Base commit or ref.")
+@click.option(
+    "--model",
+    default="anthropic",
+    show_default=True,
+    help="anthropic | scripted:FILE | replay:RUN_DIR",
+)
+@click.option("--policy", "policy_name", default=None, help="Policy name (default: the worker's).")
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print only the result JSON.")
+def run(  # click passes every option by keyword
+    *,
+    task_file: Path,
+    repo: Path,
+    base: str,
+    model: str,
+    policy_name: str | None,
+    runs_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Run TASK_FILE against the repository DIR and put the checked commit on taskbox/<taskKey>."""
+    settings = get_settings()
+    if runs_dir is not None:
+        settings = settings.model_copy(update={"runs_dir": runs_dir.resolve()})
+    console = Console(stderr=True)
+    task = load_task_file(task_file)
+    run_id = new_run_id(task.task_key)
+
+    def show(event: RunEvent) -> None:
+        if not as_json:
+            console.print(f"[dim]{event.stage:>15}[/]  {event.message}")
+
+    runner = TaskRunner(
+        settings, DockerBackend.from_settings(settings), DockerImages.from_settings(settings)
+    )
+    try:
+        result = runner.execute(
+            run_id=run_id,
+            task=task,
+            repo=repo,
+            base_ref=base,
+            emit=show,
+            cancel=threading.Event(),
+            model=model,
+            policy_name=policy_name,
+        )
+    except TaskboxError as exc:
+        raise CliError(str(exc)) from exc
+    click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
+    if not as_json:
+        console.print(f"run record: {settings.runs_dir / run_id / 'record'}")
+    if result.status != "succeeded":
+        raise SystemExit(1)

@@ -1,0 +1,186 @@
+"""Serving the gateway on a run's Unix socket: in the caller's event loop, or in a thread of its own.
+
+The socket file is made mode 0o666 after bind: the sandbox's uid must be able
+to connect, and the per-run token, not the file mode, is what authenticates.
+Only the run's folder holds the socket, and the folder is mounted into one
+sandbox only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+import threading
+from typing import TYPE_CHECKING, Self
+
+import uvicorn
+
+from controller.errors import GatewayError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+    from types import TracebackType
+
+    from controller.gateway.app import ModelGateway
+    from controller.gateway.metering import GatewayUsage
+
+logger = logging.getLogger(__name__)
+
+#: Longest path a Unix socket address can hold on Linux (``sun_path`` is 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+SOCKET_MODE = 0o666
+#: Seconds open streams get to finish when the gateway stops; then they are cut.
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to the process embedding it (the controller or CLI)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(socket_path: Path) -> socket.socket:
+    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+        raise GatewayError(f"socket path is longer than {MAX_SOCKET_PATH} bytes: {socket_path}")
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    if socket_path.exists() or socket_path.is_symlink():
+        if not stat.S_ISSOCK(socket_path.lstat().st_mode):
+            raise GatewayError(f"{socket_path} exists and is not a socket; refusing to replace it")
+        socket_path.unlink()  # a stale socket of a crashed gateway
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(os.fspath(socket_path))
+        socket_path.chmod(SOCKET_MODE)
+    except OSError as exc:
+        sock.close()
+        raise GatewayError(f"cannot bind the gateway socket {socket_path}: {exc.strerror}") from exc
+    return sock
+
+
+def _release(sock: socket.socket, socket_path: Path) -> None:
+    sock.close()
+    socket_path.unlink(missing_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(gateway: ModelGateway, socket_path: Path) -> AsyncIterator[Path]:
+    """Serve ``gateway`` on ``socket_path`` in the running event loop until the block ends.
+
+    On exit the server stops (open streams get a few seconds), the socket file
+    is removed and the gateway's upstream is closed; ``gateway.usage`` stays readable.
+    """
+    sock = _bind(socket_path)
+    config = uvicorn.Config(
+        gateway.app,
+        lifespan="off",
+        log_config=None,  # the controller owns logging; uvicorn must not reconfigure it
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    server = _EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"gateway {socket_path}")
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises what stopped the server
+                raise GatewayError(f"the gateway on {socket_path} stopped while starting")
+            await asyncio.sleep(0.01)
+        logger.info("model gateway (%s) listening on %s", gateway.upstream.name, socket_path)
+        yield socket_path
+    finally:
+        server.should_exit = True
+        try:
+            await task
+        finally:
+            _release(sock, socket_path)
+            await gateway.aclose()
+            logger.info("model gateway on %s stopped: %s", socket_path, gateway.usage)
+
+
+class GatewayThread:
+    """``serve_gateway`` in a thread with its own event loop, for synchronous callers (the CLI).
+
+    Use as a context manager, or call ``start()`` and ``stop()``.
+    """
+
+    def __init__(self, gateway: ModelGateway, socket_path: Path) -> None:
+        self.gateway = gateway
+        self.socket_path = socket_path
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def usage(self) -> GatewayUsage:
+        """What the run has used so far."""
+        return self.gateway.usage
+
+    def start(self, timeout: float = 10.0) -> Path:
+        """Start serving; return the socket path once it accepts connections."""
+        if self._thread is not None:
+            raise GatewayError("this gateway thread was already started")
+        self._thread = threading.Thread(
+            target=self._run, name=f"gateway {self.socket_path.name}", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise GatewayError(f"the gateway on {self.socket_path} did not start in {timeout} s")
+        if self._error is not None:
+            self._thread.join()
+            if isinstance(self._error, GatewayError):
+                raise self._error
+            raise GatewayError(
+                f"the gateway on {self.socket_path} failed to start"
+            ) from self._error
+        return self.socket_path
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop serving and wait for the thread; safe to call twice."""
+        thread, loop, stop = self._thread, self._loop, self._stop
+        if thread is None:
+            return
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop may have just finished
+                loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.error("the gateway thread on %s did not stop in %s s", self.socket_path, timeout)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to start() or logged: the thread must always end
+            self._error = exc
+            if self._ready.is_set():
+                logger.exception("the gateway thread on %s failed", self.socket_path)
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve_gateway(self.gateway, self.socket_path):
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,559 @@
+"""One task end to end: admission, staging, gateway, sandbox, ingestion, report.
+
+``TaskRunner.execute`` is what ``taskbox run`` and the API's workers call. It is
+synchronous (the docker SDK is) and writes everything it decides and sees to the
+run's folder (``runs_dir/<run_id>/record``), which is the audit trail and what
+``replay:RUN_DIR`` reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, ValidationError
+from taskbox_runner.config import RunBudget, RunConfig
+
+from controller.contract import Task, TaskResult, TaskStatus
+from controller.errors import IngestionError, InvalidTaskError, SandboxError, TaskboxError
+from controller.gateway import GatewayThread, GatewayUsage, ModelGateway, make_upstream
+from controller.gitrepo import ensure_repository, list_tree, resolve_commit
+from controller.ingest import CommitIdentity, ingest
+from controller.policy.loader import effective_policy, policy_for_worker
+from controller.policy.planner import MountPlan, plan_mounts
+from controller.sandbox.backend import SandboxBackend, SandboxHandle, SandboxOutcome
+from controller.sandbox.spec import GATEWAY_DIR, ContainerSpec, build_container_spec
+from controller.staging import remove_staging, stage_run
+
+if TYPE_CHECKING:
+    from controller.policy.schema import Policy
+    from controller.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+BUNDLE_FILE = "result.bundle"
+EVENT_PREFIX = "::taskbox-event::"
+RUNNER_COMMAND = ["python", "-m", "taskbox_runner"]
+#: The runner stops its own loop this long before the controller's hard deadline, so
+#: it still has time to commit, bundle and write its result.
+RUNNER_FINISH_MARGIN_SECONDS = 30
+#: Stages a sandbox may report through its log; anything else it prints is only logged.
+SANDBOX_EVENT_STAGES = frozenset({"round", "checks", "model", "tool"})
+MAX_SANDBOX_EVENTS = 500
+IDENTITY = CommitIdentity(name="Taskbox", email="taskbox@localhost")
+
+
+class RunEvent(BaseModel):
+    """One step of a run, as the API's event stream and the run record show it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: str
+    message: str
+    data: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+EventSink = Callable[[RunEvent], None]
+
+
+class ImageResolver(Protocol):
+    """What the runner needs of the image store: the content id of a tag."""
+
+    def image_id(self, ref: str) -> str | None:
+        """The image's content id, or None when it is not built."""
+        ...
+
+
+class RunMeta(BaseModel):
+    """``record/run.json``: the facts that make a run reproducible."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    task_key: str
+    repository: str
+    base_ref: str
+    base_commit: str
+    model: str
+    policy: str
+    policy_digest: str
+    image: str | None = None
+    image_id: str | None = None
+    commit_date: datetime
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: TaskStatus | None = None
+    usage: GatewayUsage | None = None
+
+
+class RunRecord:
+    """The folder of one run: ``stage/`` (removed after the run) and ``record/`` (kept)."""
+
+    def __init__(self, runs_dir: Path, run_id: str) -> None:
+        self.root = runs_dir / run_id
+        self.stage = self.root / "stage"
+        self.dir = self.root / "record"
+
+    def create(self) -> None:
+        """Make the record folder; a run id is never reused."""
+        self.root.mkdir(parents=True, exist_ok=False, mode=0o750)
+        self.dir.mkdir(mode=0o750)
+
+    def write_json(self, name: str, data: Any) -> None:
+        """Write one JSON document of the record."""
+        (self.dir / name).write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write one raw file of the record (the bundle)."""
+        (self.dir / name).write_bytes(data)
+
+    def read_json(self, name: str) -> Any:
+        """Read one JSON document of the record, or None when it is absent."""
+        path = self.dir / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def append_event(self, event: RunEvent) -> None:
+        """Append one event to ``events.jsonl``."""
+        with (self.dir / "events.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(event.model_dump_json() + "\n")
+
+
+def new_run_id(task_key: str) -> str:
+    """A fresh, unguessable run id that still says which task it is."""
+    return f"{task_key}-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
+
+
+class _SandboxLog:
+    """Turns the sandbox's log into the record's log file and a few vetted events."""
+
+    def __init__(self, path: Path, emit: EventSink) -> None:
+        self._file = path.open("a", encoding="utf-8", errors="replace")
+        self._emit = emit
+        self._pending = ""
+        self._events = 0
+
+    def __call__(self, chunk: str) -> None:
+        self._file.write(chunk)
+        self._pending += chunk
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._line(line)
+
+    def _line(self, line: str) -> None:
+        # The sandbox is hostile: an event line is parsed strictly, capped in number,
+        # and may only carry the progress stages the runner is meant to report.
+        _, marker, payload = line.partition(EVENT_PREFIX)
+        if not marker or self._events >= MAX_SANDBOX_EVENTS or len(payload) > 4096:  # noqa: PLR2004
+            return
+        try:
+            event = RunEvent.model_validate_json(payload)
+        except ValidationError:
+            return
+        if event.stage in SANDBOX_EVENT_STAGES:
+            self._events += 1
+            self._emit(
+                RunEvent(stage=event.stage, message=event.message[:500], data={"from": "sandbox"})
+            )
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TaskRunner:
+    """Runs tasks in sandboxes of one backend; safe to call from several threads at once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: SandboxBackend,
+        images: ImageResolver,
+        *,
+        model: str = "anthropic",
+        controller_id: str = "taskbox",
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._images = images
+        self._model = model
+        self._controller_id = controller_id
+
+    # ------------------------------------------------------------------ admission
+
+    def admit(
+        self, task: Task, repo: Path, base_ref: str, policy_name: str | None = None
+    ) -> tuple[Path, str, Policy, MountPlan]:
+        """Validate a task against a repository: (repo top, base commit, policy, plan).
+
+        Raises InvalidTaskError when an owned path is refused or the task asks too much,
+        RepositoryError for a bad repository or ref, PolicyError for a bad policy.
+        """
+        top = ensure_repository(repo)
+        base = resolve_commit(top, base_ref)
+        policy = effective_policy(
+            policy_for_worker(self._settings.policies_dir, task.worker, policy_name),
+            task.resources,
+        )
+        plan = plan_mounts(task, list_tree(top, base), policy, base)
+        if plan.invalid_reasons:
+            raise InvalidTaskError(
+                "owned paths refused by the plan: " + "; ".join(plan.invalid_reasons)
+            )
+        return top, base, policy, plan
+
+    # ------------------------------------------------------------------ execution
+
+    def execute(
+        self,
+        *,
+        run_id: str,
+        task: Task,
+        repo: Path,
+        base_ref: str,
+        emit: EventSink | None = None,
+        cancel: threading.Event | None = None,
+        model: str | None = None,
+        policy_name: str | None = None,
+    ) -> TaskResult:
+        """Run one task and return the controller's result; never raises for the task's own failure.
+
+        Raises InvalidTaskError, RepositoryError or PolicyError when the task cannot be
+        admitted (nothing was started then), and SandboxError when the engine fails.
+        """
+        record = RunRecord(self._settings.runs_dir, run_id)
+        record.create()
+        sink = _RecordingSink(record, emit)
+        cancel = cancel or threading.Event()
+        model_spec = model or self._model
+        sink(RunEvent(stage="admitted", message=f"task {task.task_key} admitted"))
+        top, base, policy, plan = self.admit(task, repo, base_ref, policy_name)
+        commit_date = _commit_date(model_spec, datetime.now(UTC))
+        meta = RunMeta(
+            run_id=run_id,
+            task_key=task.task_key,
+            repository=str(top),
+            base_ref=base_ref,
+            base_commit=base,
+            model=model_spec,
+            policy=policy.name,
+            policy_digest=policy.digest(),
+            commit_date=commit_date,
+            started_at=datetime.now(UTC),
+        )
+        record.write_json("task.json", task.to_wire())
+        record.write_json("plan.json", plan.model_dump(mode="json"))
+        record.write_json(
+            "policy.json", {"digest": policy.digest(), "policy": policy.model_dump(mode="json")}
+        )
+        run = _AdmittedRun(
+            record=record,
+            meta=meta,
+            task=task,
+            repo=top,
+            policy=policy,
+            plan=plan,
+            sink=sink,
+            cancel=cancel,
+        )
+        try:
+            result = self._execute_admitted(run)
+        finally:
+            if not self._settings.keep_staging:
+                remove_staging(record.stage)
+        meta.finished_at = datetime.now(UTC)
+        meta.status = result.status
+        record.write_json("run.json", meta.model_dump(mode="json"))
+        record.write_json("result.json", result.model_dump(mode="json"))
+        sink(
+            RunEvent(
+                stage="finished",
+                message=f"{result.status}" + (f": {result.reason}" if result.reason else ""),
+                data={"status": result.status, "git_commit": result.git_commit},
+            )
+        )
+        return result
+
+    def _execute_admitted(self, run: _AdmittedRun) -> TaskResult:
+        record, meta, task, policy, plan, sink = (
+            run.record,
+            run.meta,
+            run.task,
+            run.policy,
+            run.plan,
+            run.sink,
+        )
+        image_id = self._images.image_id(policy.image)
+        if image_id is None:
+            raise SandboxError(
+                f"sandbox image {policy.image} is missing: run `taskbox image build`"
+            )
+        meta.image, meta.image_id = policy.image, image_id
+        record.write_json("run.json", meta.model_dump(mode="json"))
+
+        token = secrets.token_urlsafe(32)
+        config = _run_config(meta.run_id, task, plan, policy, token)
+        staging = stage_run(
+            repo=run.repo,
+            plan=plan,
+            policy=policy,
+            root=record.stage,
+            run_config_json=config.dump_for_sandbox(),
+        )
+        record.write_json("run-config.json", config.model_dump(mode="json"))  # token redacted
+        sink(RunEvent(stage="staged", message=f"{len(plan.staged)} files staged"))
+
+        spec = build_container_spec(
+            policy=policy,
+            plan=plan,
+            staging=staging,
+            image=image_id,
+            run_id=meta.run_id,
+            command=RUNNER_COMMAND,
+            controller_id=self._controller_id,
+        )
+        gateway = ModelGateway(
+            upstream=make_upstream(meta.model, self._settings),
+            budget=policy.model,
+            token=token,
+            transcript=record.dir / "transcript.jsonl",
+        )
+        with GatewayThread(gateway, staging.gateway / "gateway.sock") as thread:
+            outcome, output = self._run_sandbox(spec, record, sink, run.cancel)
+            usage = thread.usage
+        meta.usage = usage
+        record.write_json("usage.json", usage.model_dump(mode="json"))
+        sink(
+            RunEvent(
+                stage="sandbox_exited",
+                message=outcome.describe(),
+                data={"exit_code": outcome.exit_code, "model_requests": usage.requests},
+            )
+        )
+        return self._report(run, outcome, output)
+
+    def _run_sandbox(
+        self, spec: ContainerSpec, record: RunRecord, sink: EventSink, cancel: threading.Event
+    ) -> tuple[SandboxOutcome, dict[str, bytes | str]]:
+        """Create, start, wait (deadline and cancel), collect, remove: the container never outlives this."""
+        log_sink = _SandboxLog(record.dir / "sandbox.log", sink)
+        handle: SandboxHandle | None = None
+        try:
+            handle = self._backend.create(spec)
+            record.write_json("container.json", self._backend.inspect(handle))
+            watcher = _CancelWatcher(cancel, self._backend, handle)
+            self._backend.start(handle)
+            sink(RunEvent(stage="sandbox_started", message=f"container {spec.name} started"))
+            watcher.start()
+            try:
+                outcome = self._backend.wait(
+                    handle, timeout_seconds=spec.wall_clock_seconds, on_log=log_sink
+                )
+            except SandboxError:
+                if not cancel.is_set():
+                    raise
+                outcome = SandboxOutcome(
+                    exit_code=None, oom_killed=False, timed_out=False, duration_seconds=0
+                )
+            finally:
+                watcher.stop()
+            output: dict[str, bytes | str] = {}
+            if not cancel.is_set() and not outcome.timed_out:
+                collected = self._backend.collect(handle, self._caps())
+                output.update(collected.files)
+                output.update({name: f"refused: {why}" for name, why in collected.refused.items()})
+            return outcome, output
+        finally:
+            log_sink.close()
+            if handle is not None:
+                self._backend.remove(handle)
+
+    def _caps(self) -> dict[str, int]:
+        # The policy's caps are checked again by ingestion; these bound what is read at all.
+        return {RESULT_FILE: 64 * 1024 * 1024, BUNDLE_FILE: 2 * 1024 * 1024 * 1024}
+
+    def _report(
+        self, run: _AdmittedRun, outcome: SandboxOutcome, output: dict[str, bytes | str]
+    ) -> TaskResult:
+        task, plan, record = run.task, run.plan, run.record
+
+        def ended(status: TaskStatus, reason: str) -> TaskResult:
+            return TaskResult(
+                task_key=task.task_key,
+                status=status,
+                summary=reason,
+                reason=reason,
+                missing_context=plan.missing_context,
+            )
+
+        if run.cancel.is_set():
+            return ended("cancelled", "cancelled while running; the container was removed")
+        if outcome.timed_out:
+            return ended("timeout", f"the sandbox {outcome.describe()}")
+        raw_result = output.get(RESULT_FILE)
+        if not isinstance(raw_result, bytes):
+            why = raw_result or "the runner wrote no result.json"
+            return ended("error", f"{why} ({outcome.describe()})")
+        raw_bundle = output.get(BUNDLE_FILE)
+        if isinstance(raw_bundle, str):
+            return ended("failed", f"result.bundle {raw_bundle}")
+        if raw_bundle is not None:
+            record.write_bytes(BUNDLE_FILE, raw_bundle)
+        try:
+            ingested = ingest(
+                repo=run.repo,
+                plan=plan,
+                policy=run.policy,
+                task_key=task.task_key,
+                result_bytes=raw_result,
+                bundle_bytes=raw_bundle,
+                workspace=record.root,
+                identity=IDENTITY,
+                commit_date=run.meta.commit_date,
+            )
+        except IngestionError as exc:
+            return ended("failed", f"the sandbox's output was refused: {exc}")
+        record.write_json("ingested.json", ingested.model_dump(mode="json", exclude={"result"}))
+        return ingested.result
+
+    # ------------------------------------------------------------------ API hooks
+
+    def container_ids_for(self, run_id: str) -> list[str]:
+        """Containers on the engine labelled with this run."""
+        return [o.id for o in self._backend.find_orphans() if o.run_id == run_id]
+
+    def remove_run_containers(self, run_id: str) -> int:
+        """Remove this run's containers; how many there were."""
+        found = [o for o in self._backend.find_orphans() if o.run_id == run_id]
+        for orphan in found:
+            self._backend.remove(
+                SandboxHandle(id=orphan.id, name=orphan.name, run_id=orphan.run_id)
+            )
+        return len(found)
+
+    def remove_staging(self, run_id: str) -> None:
+        """Remove a run's staging folder (after a crash)."""
+        remove_staging(RunRecord(self._settings.runs_dir, run_id).stage)
+
+    def audit(self, run_id: str) -> dict[str, JsonValue] | None:
+        """What a security team asks of a run: plan, effective policy and digest, image, container."""
+        record = RunRecord(self._settings.runs_dir, run_id)
+        if not record.dir.is_dir():
+            return None
+        meta = record.read_json("run.json") or {}
+        return {
+            "run_id": run_id,
+            "plan": record.read_json("plan.json"),
+            "policy": record.read_json("policy.json"),
+            "image": meta.get("image"),
+            "image_id": meta.get("image_id"),
+            "container": record.read_json("container.json"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _AdmittedRun:
+    """Everything decided at admission, carried through the rest of one run."""
+
+    record: RunRecord
+    meta: RunMeta
+    task: Task
+    repo: Path
+    policy: Policy
+    plan: MountPlan
+    sink: EventSink
+    cancel: threading.Event
+
+
+class _RecordingSink:
+    """Writes every event to the run record, then passes it on."""
+
+    def __init__(self, record: RunRecord, emit: EventSink | None) -> None:
+        self._record = record
+        self._emit = emit
+        self._lock = threading.Lock()
+
+    def __call__(self, event: RunEvent) -> None:
+        with self._lock:
+            self._record.append_event(event)
+        log.info("run %s: %s: %s", self._record.root.name, event.stage, event.message)
+        if self._emit is not None:
+            self._emit(event)
+
+
+class _CancelWatcher:
+    """Removes the sandbox as soon as the run is cancelled."""
+
+    def __init__(
+        self, cancel: threading.Event, backend: SandboxBackend, handle: SandboxHandle
+    ) -> None:
+        self._cancel = cancel
+        self._backend = backend
+        self._handle = handle
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._watch, name=f"cancel-{handle.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            if self._cancel.wait(0.2):
+                log.info("cancelling %s", self._handle.name)
+                try:
+                    self._backend.remove(self._handle)
+                except SandboxError:
+                    log.exception("could not remove %s on cancel", self._handle.name)
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+
+def _run_config(run_id: str, task: Task, plan: MountPlan, policy: Policy, token: str) -> RunConfig:
+    owns = plan.owns_paths
+    readable = sorted({e.path for e in plan.read_only} | set(owns))
+    return RunConfig(
+        run_id=run_id,
+        task=task,
+        base_files={s.path: s.oid for s in plan.staged},
+        base_modes={s.path: "100755" for s in plan.staged if s.executable},
+        owns_paths=owns,
+        readable_paths=readable,
+        missing_context=plan.missing_context,
+        openapi_path=plan.contract,
+        coverage_threshold=policy.verification.coverage_threshold,
+        budget=RunBudget(
+            model=policy.model.default_model,
+            max_tokens_per_request=policy.model.max_tokens_per_request,
+            max_total_tokens=policy.model.max_total_tokens,
+            max_rounds=policy.model.max_rounds,
+            wall_clock_seconds=max(
+                policy.limits.wall_clock_seconds - RUNNER_FINISH_MARGIN_SECONDS,
+                policy.limits.wall_clock_seconds // 2,
+            ),
+        ),
+        gateway_socket=Path(GATEWAY_DIR) / "gateway.sock",
+        gateway_token=SecretStr(token),
+    )
+
+
+def _commit_date(model_spec: str, now: datetime) -> datetime:
+    """The date of the final commit: a replay reuses the recorded run's, so it gets the same commit."""
+    kind, _, where = model_spec.partition(":")
+    if kind.startswith("replay") and where:
+        recorded = Path(where) / "record" / "run.json"
+        try:
+            return RunMeta.model_validate_json(recorded.read_text()).commit_date
+        except (OSError, ValidationError) as exc:
+            raise TaskboxError(f"cannot replay {where}: its record/run.json is unusable") from exc
+    return now.replace(microsecond=0)

@@ -1,0 +1,636 @@
+"""The Docker backend (docker SDK): the only module of Taskbox that imports ``docker``.
+
+``create_kwargs`` translates a :class:`ContainerSpec` into docker-py arguments
+(pure; a unit test asserts them exactly). :class:`DockerBackend` runs one
+sandbox with the controller's own wall-clock deadline and always removes it;
+:class:`DockerImages` is the small part of the engine that image building needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import LogConfig, Mount
+from docker.types import Ulimit as DockerUlimit
+
+from controller.errors import ImageBuildError, ImageNotFoundError, SandboxError
+from controller.sandbox.backend import (
+    EXIT_SIGKILL,
+    LOG_TAIL_BYTES,
+    CollectedOutput,
+    OrphanContainer,
+    SandboxHandle,
+    SandboxOutcome,
+    SandboxRun,
+)
+from controller.sandbox.spec import (
+    LABEL_CONTROLLER,
+    LABEL_MANAGED,
+    LABEL_RUN,
+    LABEL_TASK,
+    OUTDIR,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+    from pathlib import Path
+
+    from controller.sandbox.spec import ContainerSpec
+    from controller.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Grace for the engine to report a killed container as stopped.
+KILL_WAIT_SECONDS = 10
+#: How long the log reader may lag behind the container's exit.
+LOG_JOIN_SECONDS = 5
+#: Label of throwaway containers that only ask an image a question (its Python version).
+LABEL_ROLE = "org.taskbox.role"
+
+
+def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
+    """The exact ``docker.containers.create`` arguments for ``spec``; nothing is added or widened.
+
+    ``network_disabled`` rather than ``network_mode="none"``: inside, both leave only
+    ``lo``, but the engine then skips building a network sandbox (faster start).
+    No ports, devices, extra capabilities or host namespaces are ever passed.
+    """
+    return {
+        "image": spec.image,
+        "command": list(spec.command),
+        "name": spec.name,
+        "user": spec.user,
+        "working_dir": spec.working_dir,
+        "environment": dict(spec.environment),
+        "labels": dict(spec.labels),
+        "network_disabled": spec.network_disabled,
+        "read_only": spec.read_only_root,
+        "privileged": spec.privileged,
+        "cap_drop": list(spec.cap_drop),
+        "security_opt": list(spec.security_opt),
+        "tmpfs": {t.target: t.option_string() for t in spec.tmpfs},
+        "mounts": [
+            Mount(
+                target=m.target,
+                source=str(m.source),
+                type="bind",
+                read_only=m.read_only,
+                propagation="rprivate",
+            )
+            for m in spec.mounts
+        ],
+        "mem_limit": spec.memory_bytes,
+        "memswap_limit": spec.memory_swap_bytes,
+        "nano_cpus": spec.nano_cpus,
+        "pids_limit": spec.pids_limit,
+        "shm_size": spec.shm_bytes,
+        "ulimits": [DockerUlimit(name=u.name, soft=u.soft, hard=u.hard) for u in spec.ulimits],
+        "init": spec.init,
+        "ipc_mode": spec.ipc_mode,
+        "restart_policy": {"Name": "no"},
+        "log_config": LogConfig(
+            type="json-file", config={"max-size": str(spec.log_max_bytes), "max-file": "1"}
+        ),
+        "stdin_open": False,
+        "tty": False,
+    }
+
+
+def docker_client(settings: Settings) -> docker.DockerClient:
+    """A client for the engine the settings name (``DOCKER_HOST`` or the local socket by default)."""
+    try:
+        if settings.docker_host:
+            return docker.DockerClient(base_url=settings.docker_host)
+        return docker.from_env()
+    except DockerException as exc:
+        raise SandboxError(
+            f"cannot reach the Docker engine: {exc} (is dockerd running? try scripts/ensure-docker)"
+        ) from exc
+
+
+# --- output collection -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    reason: str
+
+
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    )
+    return next((text for test, text in kinds if test(mode)), "not a regular file")
+
+
+def _check_regular(st: os.stat_result, cap: int) -> _Refused | None:
+    if not stat.S_ISREG(st.st_mode):
+        return _Refused(f"is {_kind(st.st_mode)}, not a regular file")
+    if st.st_nlink != 1:
+        return _Refused(f"has {st.st_nlink} hard links; only a file with one link is accepted")
+    if st.st_size > cap:
+        return _Refused(f"is {st.st_size} bytes, over the cap of {cap}")
+    return None
+
+
+def _read_one(dir_fd: int, name: str, cap: int) -> bytes | _Refused | None:
+    """One file of the out folder: its bytes, a refusal, or None when absent."""
+    try:
+        before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    refused = _check_regular(before, cap)
+    if refused is not None:
+        return refused
+    # O_NOFOLLOW: a link swapped in after the lstat fails with ELOOP; O_NONBLOCK: a FIFO
+    # swapped in cannot block the open; the fstat below then refuses it.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        return _Refused(f"cannot be opened without following links: {exc.strerror}")
+    try:
+        after = os.fstat(fd)
+        if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+            return _Refused("was replaced while being opened")
+        refused = _check_regular(after, cap)
+        if refused is not None:
+            return refused
+        chunks: list[bytes] = []
+        remaining = cap + 1  # one byte more than allowed tells a file that grew
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > cap:
+            return _Refused(f"grew past the cap of {cap} bytes while being read")
+        return data
+    finally:
+        os.close(fd)
+
+
+def read_output_files(out_dir: Path, caps: Mapping[str, int]) -> CollectedOutput:
+    """Read ``caps``' files (name -> size cap) from ``out_dir`` without following any link.
+
+    The folder is opened with ``O_DIRECTORY|O_NOFOLLOW`` and each file relative to it,
+    so neither the folder nor a file can redirect the read. Only regular files with
+    one link and within their cap are accepted; everything else is refused with a
+    reason. Call it only after the sandbox has stopped.
+    """
+    for name in caps:
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"{name!r} is not a plain file name")
+    files: dict[str, bytes] = {}
+    refused: dict[str, str] = {}
+    missing: list[str] = []
+    try:
+        dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxError(f"cannot open the output folder {out_dir}: {exc.strerror}") from exc
+    try:
+        for name, cap in caps.items():
+            result = _read_one(dir_fd, name, cap)
+            if result is None:
+                missing.append(name)
+            elif isinstance(result, _Refused):
+                refused[name] = result.reason
+                log.warning("output file %s refused: %s", name, result.reason)
+            else:
+                files[name] = result
+    finally:
+        os.close(dir_fd)
+    return CollectedOutput(files=files, refused=refused, missing=missing)
+
+
+# --- the backend ---------------------------------------------------------------------------
+
+
+class _LogPump:
+    """Reads a container's log stream in a thread: forwards up to a cap, keeps a tail."""
+
+    def __init__(self, chunks: Iterator[bytes], cap: int, on_log: Callable[[str], None] | None):
+        self._chunks = chunks
+        self._cap = cap
+        self._on_log = on_log
+        self._tail: deque[bytes] = deque()
+        self._tail_size = 0
+        self.forwarded = 0
+        self.truncated = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="taskbox-logs", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def tail(self) -> str:
+        data = b"".join(self._tail)[-LOG_TAIL_BYTES:]
+        return data.decode("utf-8", "replace")
+
+    def _keep(self, chunk: bytes) -> None:
+        self._tail.append(chunk)
+        self._tail_size += len(chunk)
+        while self._tail_size - len(self._tail[0]) >= LOG_TAIL_BYTES:
+            self._tail_size -= len(self._tail.popleft())
+
+    def _forward(self, chunk: bytes) -> None:
+        room = self._cap - self.forwarded
+        if room <= 0:
+            self.truncated = True
+            return
+        if len(chunk) > room:
+            chunk = chunk[:room]
+            self.truncated = True
+        self.forwarded += len(chunk)
+        if self._on_log is not None:
+            self._on_log(chunk.decode("utf-8", "replace"))
+
+    def _run(self) -> None:
+        try:
+            for chunk in self._chunks:
+                self._keep(chunk)
+                self._forward(chunk)
+        except Exception as exc:  # noqa: BLE001 - a log reader must never take the run down
+            self.error = exc
+
+
+class DockerBackend:
+    """Runs sandboxes on one Docker engine; see :class:`SandboxBackend` for the contract."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self._client = client
+        self._out_dirs: dict[str, Path] = {}
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DockerBackend:
+        """A backend on the engine the settings name."""
+        return cls(docker_client(settings))
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The engine client (for image operations that share it)."""
+        return self._client
+
+    def create(self, spec: ContainerSpec) -> SandboxHandle:
+        """Create the container exactly as ``create_kwargs(spec)`` says."""
+        try:
+            container = self._client.containers.create(**create_kwargs(spec))
+        except ImageNotFound as exc:
+            raise ImageNotFoundError(
+                f"image {spec.image!r} is not on the engine: run `taskbox image build`"
+            ) from exc
+        except DockerException as exc:
+            raise SandboxError(f"the engine refused to create {spec.name}: {exc}") from exc
+        out = next((m.source for m in spec.mounts if m.target == OUTDIR), None)
+        with self._lock:
+            if out is not None:
+                self._out_dirs[str(container.id)] = out
+        return SandboxHandle(id=str(container.id), name=spec.name, run_id=spec.labels[LABEL_RUN])
+
+    def start(self, handle: SandboxHandle) -> None:
+        """Start the container and the wall clock."""
+        started = time.monotonic()
+        try:
+            self._client.api.start(handle.id)
+        except DockerException as exc:
+            raise SandboxError(f"the engine could not start {handle.name}: {exc}") from exc
+        with self._lock:
+            self._started[handle.id] = started
+
+    def wait(
+        self,
+        handle: SandboxHandle,
+        *,
+        timeout_seconds: float,
+        on_log: Callable[[str], None] | None = None,
+        log_cap_bytes: int = 10 * 1024 * 1024,
+    ) -> SandboxOutcome:
+        """Stream logs until exit or the deadline; kill at the deadline (never a graceful stop)."""
+        api = self._client.api
+        with self._lock:
+            started = self._started.get(handle.id, time.monotonic())
+        try:
+            stream = api.logs(handle.id, stream=True, follow=True, stdout=True, stderr=True)
+        except DockerException as exc:
+            raise SandboxError(f"cannot read the log of {handle.name}: {exc}") from exc
+        pump = _LogPump(stream, log_cap_bytes, on_log)
+        pump.start()
+        timed_out = False
+        remaining = max(0.0, started + timeout_seconds - time.monotonic())
+        try:
+            status = api.wait(handle.id, timeout=max(remaining, 0.001))
+        except requests.exceptions.RequestException:
+            # The read timed out: the deadline passed. SIGKILL, not stop: a PID 1 that
+            # ignores SIGTERM (or is ptrace-stopped) must not buy itself a grace period.
+            timed_out = True
+            self._kill(handle)
+            status = self._wait_after_kill(handle)
+        except DockerException as exc:
+            raise SandboxError(f"waiting for {handle.name} failed: {exc}") from exc
+        duration = time.monotonic() - started
+        pump.join(LOG_JOIN_SECONDS)
+        if pump.error is not None:
+            log.warning("log stream of %s ended early: %s", handle.name, pump.error)
+        exit_code = status.get("StatusCode") if status else None
+        oom_confirmed = self._engine_says_oom(handle)
+        return SandboxOutcome(
+            exit_code=exit_code,
+            oom_killed=oom_confirmed or (exit_code == EXIT_SIGKILL and not timed_out),
+            oom_confirmed=oom_confirmed,
+            timed_out=timed_out,
+            duration_seconds=round(duration, 3),
+            log_tail=pump.tail(),
+            log_truncated=pump.truncated,
+        )
+
+    def _kill(self, handle: SandboxHandle) -> None:
+        try:
+            self._client.api.kill(handle.id)
+        except NotFound:
+            return
+        except APIError as exc:
+            # 409: it exited on its own between the timeout and the kill.
+            log.debug("kill of %s: %s", handle.name, exc)
+
+    def _wait_after_kill(self, handle: SandboxHandle) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self._client.api.wait(handle.id, timeout=KILL_WAIT_SECONDS)
+        except (requests.exceptions.RequestException, DockerException) as exc:
+            log.warning("%s did not report its end after the kill: %s", handle.name, exc)
+            return None
+        return result
+
+    def _engine_says_oom(self, handle: SandboxHandle) -> bool:
+        try:
+            state = self._client.api.inspect_container(handle.id)["State"]
+        except DockerException:
+            return False
+        return bool(state.get("OOMKilled"))
+
+    def logs(self, handle: SandboxHandle) -> Iterator[str]:
+        """The engine's stored log so far (bounded by the json-file max-size)."""
+        try:
+            data = self._client.api.logs(handle.id, stdout=True, stderr=True, stream=False)
+        except DockerException as exc:
+            raise SandboxError(f"cannot read the log of {handle.name}: {exc}") from exc
+        yield data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+
+    def collect(self, handle: SandboxHandle, caps: Mapping[str, int]) -> CollectedOutput:
+        """Read the output files from the run's out folder once the container has stopped."""
+        if self.inspect(handle)["State"].get("Running"):
+            raise SandboxError(
+                f"{handle.name} is still running; output is collected after it stops"
+            )
+        with self._lock:
+            out_dir = self._out_dirs.get(handle.id)
+        if out_dir is None:
+            raise SandboxError(f"{handle.name} has no {OUTDIR} mount to collect from")
+        return read_output_files(out_dir, caps)
+
+    def inspect(self, handle: SandboxHandle) -> dict[str, Any]:
+        """``docker inspect`` of the container."""
+        try:
+            result: dict[str, Any] = self._client.api.inspect_container(handle.id)
+        except DockerException as exc:
+            raise SandboxError(f"cannot inspect {handle.name}: {exc}") from exc
+        return result
+
+    def remove(self, handle: SandboxHandle) -> None:
+        """Force-remove (kills first if running); a container already gone is fine."""
+        with self._lock:
+            self._out_dirs.pop(handle.id, None)
+            self._started.pop(handle.id, None)
+        try:
+            self._client.api.remove_container(handle.id, force=True, v=True)
+        except NotFound:
+            return
+        except DockerException as exc:
+            raise SandboxError(f"cannot remove {handle.name}: {exc}") from exc
+
+    def run(
+        self,
+        spec: ContainerSpec,
+        *,
+        collect: Mapping[str, int] | None = None,
+        on_log: Callable[[str], None] | None = None,
+    ) -> SandboxRun:
+        """Create, start, wait with the spec's deadline, collect, and remove in every case."""
+        handle = self.create(spec)
+        try:
+            # The inspect right after create is the record of what the sandbox really got.
+            inspected = self.inspect(handle)
+            self.start(handle)
+            outcome = self.wait(
+                handle,
+                timeout_seconds=spec.wall_clock_seconds,
+                on_log=on_log,
+                log_cap_bytes=spec.log_max_bytes,
+            )
+            output = self.collect(handle, collect) if collect else CollectedOutput()
+        finally:
+            self.remove(handle)
+        return SandboxRun(
+            handle=handle,
+            image_id=str(inspected.get("Image", "")),
+            outcome=outcome,
+            output=output,
+            inspect=inspected,
+        )
+
+    def find_orphans(self, controller_id: str | None = None) -> list[OrphanContainer]:
+        """Every container labelled ``org.taskbox.managed=1`` (of one controller if given)."""
+        labels = [f"{LABEL_MANAGED}=1"]
+        if controller_id is not None:
+            labels.append(f"{LABEL_CONTROLLER}={controller_id}")
+        try:
+            found = self._client.api.containers(all=True, filters={"label": labels})
+        except DockerException as exc:
+            raise SandboxError(f"cannot list containers: {exc}") from exc
+        orphans = []
+        for item in found:
+            item_labels = item.get("Labels") or {}
+            names = item.get("Names") or [""]
+            orphans.append(
+                OrphanContainer(
+                    id=item["Id"],
+                    name=names[0].lstrip("/"),
+                    status=item.get("Status", ""),
+                    run_id=item_labels.get(LABEL_RUN, ""),
+                    task_key=item_labels.get(LABEL_TASK, ""),
+                    controller_id=item_labels.get(LABEL_CONTROLLER, ""),
+                )
+            )
+        return orphans
+
+    def remove_orphans(self, controller_id: str | None = None) -> list[OrphanContainer]:
+        """Force-remove every orphan found; returns what was removed."""
+        removed = []
+        for orphan in self.find_orphans(controller_id):
+            try:
+                self._client.api.remove_container(orphan.id, force=True, v=True)
+            except NotFound:
+                continue
+            except DockerException as exc:
+                raise SandboxError(f"cannot remove {orphan.name}: {exc}") from exc
+            log.info("removed orphan sandbox %s (run %s)", orphan.name, orphan.run_id)
+            removed.append(orphan)
+        return removed
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+class DockerImages:
+    """The image operations ``controller/image.py`` needs, on the same engine."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self._client = client
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DockerImages:
+        """Image operations on the engine the settings name."""
+        return cls(docker_client(settings))
+
+    def image_id(self, ref: str) -> str | None:
+        """The content id of ``ref``, or None when the engine does not have it."""
+        try:
+            return str(self._client.api.inspect_image(ref)["Id"])
+        except (ImageNotFound, NotFound):
+            return None
+        except DockerException as exc:
+            raise SandboxError(f"cannot inspect image {ref}: {exc}") from exc
+
+    def image_labels(self, ref: str) -> dict[str, str]:
+        """The labels of ``ref`` (empty when it has none or does not exist)."""
+        try:
+            config = self._client.api.inspect_image(ref).get("Config") or {}
+        except (ImageNotFound, NotFound):
+            return {}
+        except DockerException as exc:
+            raise SandboxError(f"cannot inspect image {ref}: {exc}") from exc
+        return dict(config.get("Labels") or {})
+
+    def try_pull(self, ref: str) -> bool:
+        """Pull ``ref``; False (not an error) when no registry answers."""
+        try:
+            self._client.images.pull(ref)
+        except DockerException as exc:
+            log.info("cannot pull %s: %s", ref, exc)
+            return False
+        return True
+
+    def import_rootfs(self, tarball: Path, ref: str, changes: list[str]) -> str:
+        """``docker import`` a root filesystem tarball as ``ref``; returns the image id."""
+        repository, _, tag = ref.rpartition(":")
+        try:
+            self._client.api.import_image_from_file(
+                str(tarball), repository=repository, tag=tag, changes=changes
+            )
+        except DockerException as exc:
+            raise ImageBuildError(f"docker import of {tarball} failed: {exc}") from exc
+        image_id = self.image_id(ref)
+        if image_id is None:
+            raise ImageBuildError(f"docker import of {tarball} did not produce {ref}")
+        return image_id
+
+    def build(
+        self,
+        context: Path,
+        *,
+        tag: str,
+        dockerfile: str = "Dockerfile",
+        buildargs: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        network: bool = False,
+        on_output: Callable[[str], None] | None = None,
+    ) -> str:
+        """Build ``context`` with the classic builder (no BuildKit) and tag it; returns the image id.
+
+        Without ``network`` the build's RUN steps get no network at all.
+        """
+        try:
+            stream = self._client.api.build(
+                path=str(context),
+                dockerfile=dockerfile,
+                tag=tag,
+                buildargs=dict(buildargs or {}),
+                labels=dict(labels or {}),
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+                network_mode=None if network else "none",
+                use_config_proxy=False,
+            )
+            for event in stream:
+                if "error" in event:
+                    detail = event.get("errorDetail", {}).get("message") or event["error"]
+                    raise ImageBuildError(f"docker build of {tag} failed: {detail.strip()}")
+                text = event.get("stream")
+                if text and on_output is not None:
+                    on_output(text)
+        except DockerException as exc:
+            raise ImageBuildError(f"docker build of {tag} failed: {exc}") from exc
+        image_id = self.image_id(tag)
+        if image_id is None:
+            raise ImageBuildError(f"docker build finished but {tag} does not exist")
+        return image_id
+
+    def run_probe(self, image: str, command: list[str], *, timeout_seconds: int = 60) -> str:
+        """Run a throwaway, locked-down container of ``image`` and return its output.
+
+        Used to ask an image about itself (its Python version); raises ImageBuildError
+        when the command fails.
+        """
+        container = None
+        try:
+            container = self._client.containers.create(
+                image=image,
+                command=command,
+                user="65534:65534",
+                network_disabled=True,
+                read_only=True,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"],
+                pids_limit=64,
+                mem_limit=512 * 1024 * 1024,
+                labels={LABEL_MANAGED: "1", LABEL_ROLE: "probe", LABEL_RUN: "probe"},
+            )
+            container.start()
+            status = container.wait(timeout=timeout_seconds)
+            output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+        except ImageNotFound as exc:
+            raise ImageNotFoundError(f"image {image!r} does not exist") from exc
+        except (DockerException, requests.exceptions.RequestException) as exc:
+            raise ImageBuildError(f"probing {image} failed: {exc}") from exc
+        finally:
+            if container is not None:
+                try:
+                    container.remove(force=True)
+                except DockerException as exc:
+                    log.warning("cannot remove probe container %s: %s", container.id, exc)
+        if status.get("StatusCode") != 0:
+            raise ImageBuildError(f"probing {image} with {command[0]} failed: {output.strip()}")
+        return output

@@ -1,0 +1,611 @@
+"""The task index: tasks, their states, their events and idempotency keys in one SQLite file.
+
+The file is opened in WAL mode with ``synchronous=FULL``: a commit is on disk
+before the API answers, so a ``kill -9`` loses nothing that a caller was told.
+Every state change is one transaction that also appends its event, so a reader
+never sees a final status without the final event. The schema has a version
+table and an ordered list of migrations; a file newer than this code is
+refused rather than guessed at. One controller owns a file at a time (an
+advisory lock beside it), because start-up recovery takes over every running
+task and two controllers would fight over them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+
+from controller.errors import StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    from pydantic import JsonValue
+
+logger = logging.getLogger(__name__)
+
+TaskState = Literal["queued", "running", "succeeded", "failed", "timeout", "cancelled", "error"]
+"""Where a task is: waiting, running, or one of the final states of ``TaskResult.status``."""
+
+TASK_STATES: tuple[str, ...] = get_args(TaskState)
+FINAL_STATES: frozenset[str] = frozenset(TASK_STATES) - {"queued", "running"}
+
+#: Ordered migrations: (version, statements). Append only; never edit a shipped one.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            f"""CREATE TABLE tasks (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order; never reused
+                id TEXT NOT NULL UNIQUE,
+                task_key TEXT NOT NULL,
+                repository TEXT NOT NULL,
+                base_ref TEXT NOT NULL,
+                base_commit TEXT NOT NULL,
+                task_json TEXT NOT NULL,
+                request_hash TEXT NOT NULL,
+                principal TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in TASK_STATES)})),
+                attempts INTEGER NOT NULL DEFAULT 0,
+                run_id TEXT,
+                cancel_requested INTEGER NOT NULL DEFAULT 0,
+                reason TEXT,
+                result_json TEXT,
+                created_at TEXT NOT NULL,
+                started_at TEXT,
+                finished_at TEXT,
+                updated_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX tasks_by_status ON tasks (status, seq)",
+            "CREATE INDEX tasks_by_repository ON tasks (repository, seq)",
+            """CREATE TABLE events (
+                task_id TEXT NOT NULL REFERENCES tasks (id),
+                seq INTEGER NOT NULL,
+                stage TEXT NOT NULL,
+                message TEXT NOT NULL,
+                data_json TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (task_id, seq)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE idempotency_keys (
+                principal TEXT NOT NULL,
+                key TEXT NOT NULL,
+                request_hash TEXT NOT NULL,
+                task_id TEXT NOT NULL REFERENCES tasks (id),
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (principal, key)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE readiness_probe (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                checked_at TEXT NOT NULL
+            )""",
+        ),
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def utc_now() -> datetime:
+    """The current time in UTC (the only clock the store uses)."""
+    return datetime.now(UTC)
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _parse_ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """One task as the store holds it."""
+
+    seq: int
+    id: str
+    task_key: str
+    repository: str
+    base_ref: str
+    base_commit: str
+    task_json: str
+    request_hash: str
+    principal: str
+    status: TaskState
+    attempts: int
+    run_id: str | None
+    cancel_requested: bool
+    reason: str | None
+    result_json: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        """True once the task is in a final state."""
+        return self.status in FINAL_STATES
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> TaskRecord:
+        """Build a record from a ``SELECT * FROM tasks`` row."""
+        created = _parse_ts(row["created_at"])
+        updated = _parse_ts(row["updated_at"])
+        if created is None or updated is None:  # pragma: no cover - NOT NULL columns
+            raise StoreError("a task row has no timestamps")
+        return cls(
+            seq=row["seq"],
+            id=row["id"],
+            task_key=row["task_key"],
+            repository=row["repository"],
+            base_ref=row["base_ref"],
+            base_commit=row["base_commit"],
+            task_json=row["task_json"],
+            request_hash=row["request_hash"],
+            principal=row["principal"],
+            status=cast("TaskState", row["status"]),
+            attempts=row["attempts"],
+            run_id=row["run_id"],
+            cancel_requested=bool(row["cancel_requested"]),
+            reason=row["reason"],
+            result_json=row["result_json"],
+            created_at=created,
+            started_at=_parse_ts(row["started_at"]),
+            finished_at=_parse_ts(row["finished_at"]),
+            updated_at=updated,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event of a task; ``seq`` counts from 1 per task and is the SSE event id."""
+
+    task_id: str
+    seq: int
+    stage: str
+    message: str
+    data: dict[str, JsonValue]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """What a submission stores; the store adds the queue position, state and times."""
+
+    id: str
+    task_key: str
+    repository: str
+    base_ref: str
+    base_commit: str
+    task_json: str
+    request_hash: str
+    principal: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append in the same transaction as a state change."""
+
+    stage: str
+    message: str
+    data: dict[str, JsonValue]
+
+
+class TaskStore:
+    """SQLite-backed task index; every method is safe to call from any thread."""
+
+    def __init__(self, path: Path, *, exclusive: bool = True) -> None:
+        """Open (creating and migrating) the store at ``path``.
+
+        ``exclusive`` takes an advisory lock so that a second controller on the
+        same file fails at start instead of taking over the first one's tasks.
+        """
+        self.path = path
+        self._lock = threading.RLock()
+        self._lock_file: int | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                self._lock_file = self._take_file_lock(path)
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=10
+            )
+        except OSError as exc:
+            self._release_file_lock()
+            raise StoreError(f"cannot open the task store {path}: {exc.strerror}") from exc
+        except sqlite3.Error as exc:
+            self._release_file_lock()
+            raise StoreError(f"cannot open the task store {path}: {exc}") from exc
+        self._conn.row_factory = sqlite3.Row
+        try:
+            _configure(self._conn, path)
+            migrate(self._conn)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _take_file_lock(path: Path) -> int:
+        # flock is released by the kernel when the process dies, even on SIGKILL.
+        lock_path = path.with_name(path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise StoreError(
+                f"another controller is using the task store {path} (lock {lock_path} is held)"
+            ) from exc
+        return fd
+
+    def _release_file_lock(self) -> None:
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    def close(self) -> None:
+        """Close the database and release the controller lock."""
+        with self._lock:
+            conn = getattr(self, "_conn", None)
+            if conn is not None:
+                conn.close()
+            self._release_file_lock()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _write(self) -> _Transaction:
+        return _Transaction(self._conn, self._lock, immediate=True)
+
+    def _read(self) -> _Transaction:
+        return _Transaction(self._conn, self._lock, immediate=False)
+
+    def _append_event(self, conn: sqlite3.Connection, task_id: str, event: NewEvent) -> EventRecord:
+        seq = conn.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE task_id = ?", (task_id,)
+        ).fetchone()[0]
+        now = utc_now()
+        conn.execute(
+            "INSERT INTO events (task_id, seq, stage, message, data_json, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (task_id, seq, event.stage, event.message, json.dumps(event.data), _ts(now)),
+        )
+        return EventRecord(task_id, seq, event.stage, event.message, event.data, now)
+
+    @staticmethod
+    def _task(conn: sqlite3.Connection, task_id: str) -> TaskRecord | None:
+        row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else TaskRecord.from_row(row)
+
+    # ------------------------------------------------------------------ submission
+
+    def find_idempotent(self, principal: str, key: str) -> tuple[str, TaskRecord] | None:
+        """The request hash and task already stored under ``(principal, key)``, if any."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT request_hash, task_id FROM idempotency_keys WHERE principal = ? AND key = ?",
+                (principal, key),
+            ).fetchone()
+            if row is None:
+                return None
+            task = self._task(conn, row["task_id"])
+        if task is None:  # pragma: no cover - foreign key
+            raise StoreError("an idempotency key points at a missing task")
+        return row["request_hash"], task
+
+    def create_task(self, new: NewTask, event: NewEvent) -> tuple[TaskRecord, str, bool]:
+        """Insert a queued task under its idempotency key, atomically.
+
+        Returns ``(task, stored_request_hash, created)``. When the key is already
+        taken (a concurrent submission won the race) nothing is written and the
+        existing task comes back with ``created=False``.
+        """
+        now = _ts(utc_now())
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT request_hash, task_id FROM idempotency_keys WHERE principal = ? AND key = ?",
+                (new.principal, new.idempotency_key),
+            ).fetchone()
+            if row is not None:
+                existing = self._task(conn, row["task_id"])
+                if existing is None:  # pragma: no cover - foreign key
+                    raise StoreError("an idempotency key points at a missing task")
+                return existing, row["request_hash"], False
+            conn.execute(
+                "INSERT INTO tasks (id, task_key, repository, base_ref, base_commit, task_json, "
+                "request_hash, principal, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (
+                    new.id,
+                    new.task_key,
+                    new.repository,
+                    new.base_ref,
+                    new.base_commit,
+                    new.task_json,
+                    new.request_hash,
+                    new.principal,
+                    now,
+                    now,
+                ),
+            )
+            conn.execute(
+                "INSERT INTO idempotency_keys (principal, key, request_hash, task_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (new.principal, new.idempotency_key, new.request_hash, new.id, now),
+            )
+            self._append_event(conn, new.id, event)
+            task = self._task(conn, new.id)
+        if task is None:  # pragma: no cover - just inserted
+            raise StoreError("a task vanished right after it was written")
+        return task, new.request_hash, True
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The task with that id, or ``None``."""
+        with self._read() as conn:
+            return self._task(conn, task_id)
+
+    def list_tasks(
+        self,
+        *,
+        status: str | None = None,
+        repositories: Sequence[str] | None = None,
+        after_seq: int = 0,
+        limit: int = 50,
+    ) -> list[TaskRecord]:
+        """Tasks in queue order after ``after_seq``; ``repositories=None`` means every repository."""
+        clauses = ["seq > ?"]
+        params: list[Any] = [after_seq]
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if repositories is not None:
+            if not repositories:
+                return []
+            clauses.append(f"repository IN ({', '.join('?' for _ in repositories)})")
+            params.extend(repositories)
+        params.append(limit)
+        sql = f"SELECT * FROM tasks WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608 - only placeholders are interpolated
+        with self._read() as conn:
+            return [TaskRecord.from_row(r) for r in conn.execute(sql, params)]
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many tasks are in each state (every state present, zero when none)."""
+        counts = dict.fromkeys(TASK_STATES, 0)
+        with self._read() as conn:
+            for row in conn.execute("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status"):
+                counts[row["status"]] = row["n"]
+        return counts
+
+    def queue_position(self, task: TaskRecord) -> int | None:
+        """1 for the next task to run; ``None`` when the task is not queued."""
+        if task.status != "queued":
+            return None
+        with self._read() as conn:
+            ahead = conn.execute(
+                "SELECT COUNT(*) FROM tasks WHERE status = 'queued' AND seq < ?", (task.seq,)
+            ).fetchone()[0]
+        return int(ahead) + 1
+
+    def running(self) -> list[TaskRecord]:
+        """Every task the store believes is running, in queue order."""
+        return self.list_tasks(status="running", limit=1_000_000)
+
+    def events_after(
+        self, task_id: str, after_seq: int, limit: int = 500
+    ) -> tuple[list[EventRecord], bool]:
+        """Events of a task after ``after_seq`` and whether the stream is complete.
+
+        Read in one transaction with the task's state, so "complete" (the task is
+        final and no event follows the ones returned) is never reported before
+        the final event is in the list.
+        """
+        with self._read() as conn:
+            row = conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            rows = conn.execute(
+                "SELECT * FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (task_id, after_seq, limit + 1),
+            ).fetchall()
+        events = [
+            EventRecord(
+                task_id=r["task_id"],
+                seq=r["seq"],
+                stage=r["stage"],
+                message=r["message"],
+                data=json.loads(r["data_json"]),
+                created_at=datetime.fromisoformat(r["created_at"]),
+            )
+            for r in rows[:limit]
+        ]
+        complete = row is not None and row["status"] in FINAL_STATES and len(rows) <= limit
+        return events, complete
+
+    # ------------------------------------------------------------------ state changes
+
+    def append_event(self, task_id: str, event: NewEvent) -> EventRecord:
+        """Append one event to a task (the executor's progress)."""
+        with self._write() as conn:
+            return self._append_event(conn, task_id, event)
+
+    def claim_next(self, run_id_for: Callable[[str, int], str]) -> TaskRecord | None:
+        """Move the oldest queued task to ``running`` and give it a run id; ``None`` if none waits.
+
+        ``run_id_for(task_id, attempt)`` names the run. The claim and its
+        ``started`` event are one transaction, so a crash leaves either a queued
+        task or a running one with a run id that recovery can look for.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id, attempts FROM tasks WHERE status = 'queued' ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            attempt = row["attempts"] + 1
+            run_id = run_id_for(row["id"], attempt)
+            now = _ts(utc_now())
+            conn.execute(
+                "UPDATE tasks SET status = 'running', attempts = ?, run_id = ?, started_at = ?, "
+                "updated_at = ? WHERE id = ?",
+                (attempt, run_id, now, now, row["id"]),
+            )
+            self._append_event(
+                conn,
+                row["id"],
+                NewEvent("started", f"run {run_id} started", {"runId": run_id, "attempt": attempt}),
+            )
+            return self._task(conn, row["id"])
+
+    def finish(
+        self,
+        task_id: str,
+        *,
+        status: TaskState,
+        result_json: str,
+        reason: str | None,
+        event: NewEvent,
+        only_if: Sequence[TaskState] = ("queued", "running"),
+    ) -> TaskRecord | None:
+        """Put a task in a final state with its result; ``None`` if it was not in ``only_if``."""
+        if status not in FINAL_STATES:
+            raise ValueError(f"{status!r} is not a final state")
+        now = _ts(utc_now())
+        with self._write() as conn:
+            current = self._task(conn, task_id)
+            if current is None or current.status not in only_if:
+                return None
+            conn.execute(
+                "UPDATE tasks SET status = ?, result_json = ?, reason = ?, finished_at = ?, "
+                "updated_at = ? WHERE id = ?",
+                (status, result_json, reason, now, now, task_id),
+            )
+            self._append_event(conn, task_id, event)
+            return self._task(conn, task_id)
+
+    def requeue(self, task_id: str, *, event: NewEvent, uncount_attempt: bool) -> TaskRecord | None:
+        """Put a running task back in the queue at its old position; ``None`` if it was not running.
+
+        ``uncount_attempt`` gives the attempt back when the run was stopped by a
+        clean shutdown rather than lost in a crash.
+        """
+        now = _ts(utc_now())
+        with self._write() as conn:
+            current = self._task(conn, task_id)
+            if current is None or current.status != "running":
+                return None
+            conn.execute(
+                "UPDATE tasks SET status = 'queued', attempts = attempts - ?, started_at = NULL, "
+                "updated_at = ? WHERE id = ?",
+                (1 if uncount_attempt else 0, now, task_id),
+            )
+            self._append_event(conn, task_id, event)
+            return self._task(conn, task_id)
+
+    def mark_cancel_requested(self, task_id: str, event: NewEvent) -> TaskRecord | None:
+        """Record a cancel request on a running task (once); ``None`` if it is not running."""
+        now = _ts(utc_now())
+        with self._write() as conn:
+            current = self._task(conn, task_id)
+            if current is None or current.status != "running":
+                return None
+            if not current.cancel_requested:
+                conn.execute(
+                    "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                    (now, task_id),
+                )
+                self._append_event(conn, task_id, event)
+            return self._task(conn, task_id)
+
+    def check_writable(self) -> None:
+        """Write one row, as the readiness probe; raises StoreError when the file cannot be written."""
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT INTO readiness_probe (id, checked_at) VALUES (1, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                    (_ts(utc_now()),),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"the task store cannot be written: {exc}") from exc
+
+
+class _Transaction:
+    """``with`` block holding the store lock and one SQLite transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock, *, immediate: bool) -> None:
+        self._conn = conn
+        self._lock = lock
+        self._immediate = immediate
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._lock.acquire()
+        try:
+            # Reads take a transaction too, so that what they see is one snapshot.
+            self._conn.execute("BEGIN IMMEDIATE" if self._immediate else "BEGIN")
+        except BaseException:
+            self._lock.release()
+            raise
+        return self._conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self._conn.execute("COMMIT")
+            elif self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        finally:
+            self._lock.release()
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION`, one migration per transaction; return the version."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    for version, statements in MIGRATIONS:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = schema_version(conn)
+            _refuse_newer(current)
+            if version > current:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                logger.info("store migrated", extra={"schema_version": version})
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return schema_version(conn)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version recorded in the file (0 for a new file)."""
+    return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+
+
+def _refuse_newer(current: int) -> None:
+    if current > SCHEMA_VERSION:
+        raise StoreError(
+            f"the task store has schema version {current}, newer than this controller "
+            f"knows ({SCHEMA_VERSION}); upgrade Taskbox instead of downgrading the store"
+        )
+
+
+def _configure(conn: sqlite3.Connection, path: Path) -> None:
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StoreError(f"{path}: SQLite refused WAL mode (got {mode!r})")
+    # FULL: a commit survives power loss too, not only a killed process.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")

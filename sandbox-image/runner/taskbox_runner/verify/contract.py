@@ -1,0 +1,492 @@
+"""Constraint 6: the FastAPI app serves what the task's OpenAPI contract says.
+
+The app is found statically (a module-level ``FastAPI(...)``), imported in a
+subprocess that writes ``app.openapi()`` to a file, and compared operation by
+operation with the contract: operations missing from the app or extra in it,
+then per operation the success status codes, the query parameters, and the
+JSON request and response schemas (types, properties, required, items, enums;
+$refs resolved; a few levels deep). Path parameter names do not matter, the
+server URL's path may prefix the contract's paths, and FastAPI's automatic 422
+is not a difference.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from taskbox_runner.verify import openapi_dump
+from taskbox_runner.verify.endpoints import imports_module, last_name
+from taskbox_runner.verify.models import CheckOutcome, Finding, Framework
+from taskbox_runner.verify.process import harness_env, run_bounded
+from taskbox_runner.verify.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+MAX_SCHEMA_DEPTH = 6
+DUMP_TIMEOUT_SECONDS = 120.0
+_PARAM = re.compile(r"\{[^}]*\}")
+
+Shape = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AppLocation:
+    """Where the FastAPI instance is defined."""
+
+    rel: str
+    line: int
+    attr: str
+
+    @property
+    def target(self) -> str:
+        """``module:attr`` for the dump script (``src/`` layouts import without the prefix)."""
+        module = self.rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        return f"{module.removeprefix('src.')}:{self.attr}"
+
+
+def find_fastapi_app(space: Workspace) -> AppLocation | None:
+    """The module-level FastAPI instance, preferring ``app`` in ``app/main.py``-like modules."""
+    ranked: list[tuple[tuple[object, ...], AppLocation]] = []
+    for rel, tree in space.trees(space.source_python):
+        for node in tree.body:
+            target, value = _single_assignment(node)
+            if target is None or not isinstance(value, ast.Call):
+                continue
+            direct = last_name(value.func) == "FastAPI"
+            factory = (
+                target == "app"
+                and imports_module(tree, "fastapi")
+                and Path(rel).name in {"main.py", "app.py", "asgi.py", "__init__.py"}
+            )
+            if direct or factory:
+                key = (
+                    not direct,
+                    target != "app",
+                    Path(rel).name != "main.py",
+                    not space.is_owned(rel),
+                    rel.count("/"),
+                    rel,
+                )
+                ranked.append((key, AppLocation(rel, node.lineno, target)))
+    return min(ranked, key=lambda item: item[0])[1] if ranked else None
+
+
+def _single_assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
+    if (
+        isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+    ):
+        return node.targets[0].id, node.value
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id, node.value
+    return None, None
+
+
+def dump_openapi(
+    space: Workspace, app: AppLocation, scratch_dir: Path
+) -> tuple[dict[str, Any] | None, str]:
+    """Import the app in a subprocess; ``(the dump, '')`` or ``(None, why not)``."""
+    output = scratch_dir / "served-openapi.json"
+    output.unlink(missing_ok=True)
+    argv = [
+        sys.executable,
+        "-P",
+        str(Path(openapi_dump.__file__)),
+        str(space.workdir),
+        app.target,
+        str(output),
+    ]
+    done = run_bounded(
+        argv,
+        cwd=space.workdir,
+        env=harness_env(),
+        timeout=DUMP_TIMEOUT_SECONDS,
+        output_dir=scratch_dir,
+        label="openapi-dump",
+    )
+    if done.timed_out:
+        return None, f"importing {app.target} took longer than {DUMP_TIMEOUT_SECONDS:.0f} s"
+    if done.returncode != 0:
+        return None, f"importing {app.target} failed: {done.last_line()}"
+    try:
+        data = json.loads(output.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, f"importing {app.target} produced no OpenAPI document"
+    return data, ""
+
+
+def load_contract(path: Path) -> dict[str, Any]:
+    """The contract as data: JSON, else YAML. Raises ``ValueError`` when it is neither."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        try:
+            import yaml  # noqa: PLC0415 -- only contracts written in YAML need it
+        except ImportError as exc:
+            raise ValueError("the contract is not JSON and PyYAML is not installed") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"the contract is neither JSON nor YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("paths", {}), dict):
+        raise ValueError("the contract is not an OpenAPI document (no 'paths' object)")
+    return data
+
+
+# --------------------------------------------------------------------------- schema shapes
+
+
+def _resolve(doc: dict[str, Any], ref: str) -> Any:
+    node: Any = doc
+    for part in ref.removeprefix("#/").split("/"):
+        if not isinstance(node, dict):
+            return {}
+        node = node.get(part.replace("~1", "/").replace("~0", "~"), {})
+    return node
+
+
+def schema_shape(schema: Any, doc: dict[str, Any], depth: int = 0) -> Shape:
+    """What two schemas must agree on: types (null dropped), properties, required, items, enum."""
+    if not isinstance(schema, dict) or depth > MAX_SCHEMA_DEPTH:
+        return {}
+    if isinstance(schema.get("$ref"), str):
+        return schema_shape(_resolve(doc, schema["$ref"]), doc, depth + 1)
+    for key in ("anyOf", "oneOf"):
+        variants = [v for v in schema.get(key, []) if not _is_null(v)]
+        if len(variants) == 1:
+            return schema_shape(variants[0], doc, depth + 1)
+        if variants:
+            shapes = [schema_shape(v, doc, depth + 1) for v in variants]
+            return {"variants": sorted(_summary(s) for s in shapes)}
+    if schema.get("allOf"):
+        merged: dict[str, Any] = {"properties": {}, "required": []}
+        for part in schema["allOf"]:
+            resolved = (
+                _resolve(doc, part["$ref"]) if isinstance(part, dict) and "$ref" in part else part
+            )
+            if isinstance(resolved, dict):
+                merged["properties"].update(resolved.get("properties", {}))
+                merged["required"] += resolved.get("required", [])
+                merged.setdefault("type", resolved.get("type"))
+        schema = {**merged, **{k: v for k, v in schema.items() if k != "allOf"}}
+    shape: Shape = {}
+    types = schema.get("type")
+    type_set = {types} if isinstance(types, str) else set(types or [])
+    type_set.discard("null")
+    if "properties" in schema and not type_set:
+        type_set = {"object"}
+    if type_set:
+        shape["type"] = tuple(sorted(type_set))
+    if isinstance(schema.get("properties"), dict):
+        shape["properties"] = {
+            str(name): schema_shape(value, doc, depth + 1)
+            for name, value in schema["properties"].items()
+        }
+        shape["required"] = tuple(sorted(str(r) for r in schema.get("required", [])))
+    if "items" in schema:
+        shape["items"] = schema_shape(schema["items"], doc, depth + 1)
+    if isinstance(schema.get("enum"), list):
+        shape["enum"] = tuple(sorted(str(v) for v in schema["enum"]))
+    return shape
+
+
+def _is_null(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("type") == "null"
+
+
+def _summary(shape: Shape) -> str:
+    if "variants" in shape:
+        return " | ".join(shape["variants"])
+    kind = "/".join(shape.get("type", ())) or "any"
+    if kind == "array" and "items" in shape:
+        return f"array of {_summary(shape['items'])}"
+    return kind
+
+
+def shape_differences(contract: Shape, served: Shape, where: str) -> list[str]:
+    """Human-readable differences between a contract schema shape and the app's."""
+    if not contract:
+        return []
+    if not served:
+        return [f"{where}: the app declares no schema (contract: {_summary(contract)})"]
+    out = []
+    if "variants" in contract or "variants" in served:
+        if _summary(contract) != _summary(served):
+            out.append(
+                f"{where}: {_summary(served)} in the app, {_summary(contract)} in the contract"
+            )
+        return out
+    if contract.get("type") and served.get("type") and contract["type"] != served["type"]:
+        return [
+            f"{where}: type {_summary(served)} in the app, {_summary(contract)} in the contract"
+        ]
+    if "properties" in contract and "properties" in served:
+        c_props, s_props = contract["properties"], served["properties"]
+        out += [
+            f"{where}: property '{n}' is missing in the app"
+            for n in sorted(set(c_props) - set(s_props))
+        ]
+        out += [
+            f"{where}: property '{n}' is not in the contract"
+            for n in sorted(set(s_props) - set(c_props))
+        ]
+        for name in sorted(set(c_props) & set(s_props)):
+            out += shape_differences(c_props[name], s_props[name], f"{where}.{name}")
+        if contract["required"] != served["required"]:
+            out.append(
+                f"{where}: required {list(served['required'])} in the app, "
+                f"{list(contract['required'])} in the contract"
+            )
+    if "items" in contract and "items" in served:
+        out += shape_differences(contract["items"], served["items"], f"{where}[]")
+    if "enum" in contract and "enum" in served and contract["enum"] != served["enum"]:
+        out.append(
+            f"{where}: enum {list(served['enum'])} in the app, {list(contract['enum'])} in the contract"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def _operations(doc: dict[str, Any]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+    ops = {}
+    for path, item in (doc.get("paths") or {}).items():
+        if not isinstance(item, dict):
+            continue
+        for method in HTTP_METHODS:
+            if isinstance(item.get(method), dict):
+                ops[method.upper(), _PARAM.sub("{}", str(path))] = (str(path), item[method])
+    return ops
+
+
+def _server_prefix(doc: dict[str, Any]) -> str:
+    servers = doc.get("servers") or []
+    if servers and isinstance(servers[0], dict):
+        path = urlparse(str(servers[0].get("url", ""))).path.rstrip("/")
+        return path if path.startswith("/") else ""
+    return ""
+
+
+def _success_codes(op: dict[str, Any]) -> list[str]:
+    return sorted(str(code) for code in (op.get("responses") or {}) if str(code).startswith("2"))
+
+
+def _json_schema(content: Any) -> Any:
+    if not isinstance(content, dict):
+        return None
+    for media, body in content.items():
+        if "json" in media and isinstance(body, dict):
+            return body.get("schema")
+    return None
+
+
+def _query_params(op: dict[str, Any], doc: dict[str, Any]) -> dict[str, bool]:
+    params = {}
+    for param in op.get("parameters") or []:
+        resolved = (
+            _resolve(doc, param["$ref"]) if isinstance(param, dict) and "$ref" in param else param
+        )
+        if isinstance(resolved, dict) and resolved.get("in") == "query":
+            params[str(resolved.get("name"))] = bool(resolved.get("required", False))
+    return params
+
+
+def operation_differences(
+    c_op: dict[str, Any], contract: dict[str, Any], s_op: dict[str, Any], served: dict[str, Any]
+) -> list[str]:
+    """How one served operation differs from the contract's."""
+    out = []
+    c_codes, s_codes = _success_codes(c_op), _success_codes(s_op)
+    if c_codes and c_codes != s_codes:
+        out.append(
+            f"success status {', '.join(s_codes) or 'none'} in the app, {', '.join(c_codes)} in the contract"
+        )
+    c_query, s_query = _query_params(c_op, contract), _query_params(s_op, served)
+    out += [
+        f"query parameter '{n}' is missing in the app" for n in sorted(set(c_query) - set(s_query))
+    ]
+    out += [
+        f"query parameter '{n}' is not in the contract" for n in sorted(set(s_query) - set(c_query))
+    ]
+    out += [
+        f"query parameter '{n}' is {'required' if s_query[n] else 'optional'} in the app, "
+        f"{'required' if c_query[n] else 'optional'} in the contract"
+        for n in sorted(set(c_query) & set(s_query))
+        if c_query[n] != s_query[n]
+    ]
+    c_body, s_body = c_op.get("requestBody"), s_op.get("requestBody")
+    if isinstance(c_body, dict) and "$ref" in c_body:
+        c_body = _resolve(contract, c_body["$ref"])
+    if c_body and not s_body:
+        out.append("the app takes no request body; the contract defines one")
+    elif s_body and not c_body:
+        out.append("the app takes a request body the contract does not define")
+    elif isinstance(c_body, dict) and isinstance(s_body, dict):
+        out += shape_differences(
+            schema_shape(_json_schema(c_body.get("content")), contract),
+            schema_shape(_json_schema(s_body.get("content")), served),
+            "request body",
+        )
+    for code in sorted(set(c_codes) & set(s_codes)):
+        c_resp = c_op["responses"][code]
+        if isinstance(c_resp, dict) and "$ref" in c_resp:
+            c_resp = _resolve(contract, c_resp["$ref"])
+        s_resp = s_op["responses"][code]
+        out += shape_differences(
+            schema_shape(_json_schema((c_resp or {}).get("content")), contract),
+            schema_shape(_json_schema((s_resp or {}).get("content")), served),
+            f"response {code}",
+        )
+    return out
+
+
+def _contract_lines(text: str) -> dict[str, int]:
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        key = line.strip().split(":", 1)[0].strip().strip("'\"") if ":" in line else ""
+        if key.startswith("/") and key not in lines:
+            lines[key] = number
+    return lines
+
+
+def compare_contract(
+    contract: dict[str, Any],
+    served: dict[str, Any],
+    routes: list[dict[str, Any]],
+    *,
+    contract_rel: str,
+    contract_text: str,
+    workdir: Path,
+    app_location: AppLocation,
+) -> list[Finding]:
+    """Missing, extra and mismatched operations, each located in the contract or the app source."""
+    c_ops, s_ops = _operations(contract), _operations(served)
+    prefix = _server_prefix(contract)
+    lines = _contract_lines(contract_text)
+    sources = {
+        (r["method"], _PARAM.sub("{}", r["path"])): (
+            _relative(r.get("file", ""), workdir),
+            int(r.get("line", 1)),
+        )
+        for r in routes
+    }
+    findings: list[Finding] = []
+    matched: set[tuple[str, str]] = set()
+    for (method, norm), (path, c_op) in sorted(c_ops.items()):
+        line = lines.get(path, 1)
+        candidates = [norm, prefix + norm] if prefix else [norm]
+        candidates += [c.rstrip("/") if c.endswith("/") else c + "/" for c in list(candidates)]
+        key = next(((method, c) for c in candidates if (method, c) in s_ops), None)
+        if key is None:
+            findings.append(
+                Finding(
+                    contract_rel,
+                    line,
+                    "TB0601",
+                    f"{method} {path} is in the contract but the app does not serve it",
+                )
+            )
+            continue
+        matched.add(key)
+        s_path, s_op = s_ops[key]
+        differences = operation_differences(c_op, contract, s_op, served)
+        if key[1] not in (norm, prefix + norm):
+            differences.insert(0, f"the app serves it as {s_path}")
+        findings += [
+            Finding(contract_rel, line, "TB0603", f"{method} {path}: {d}") for d in differences
+        ]
+    for key, (s_path, _) in sorted(s_ops.items()):
+        if key not in matched:
+            rel, line = sources.get(key, (app_location.rel, app_location.line))
+            findings.append(
+                Finding(
+                    rel,
+                    line,
+                    "TB0602",
+                    f"{key[0]} {s_path} is served by the app but not in the contract",
+                )
+            )
+    return findings
+
+
+def _relative(file: str, workdir: Path) -> str:
+    try:
+        return Path(file).resolve().relative_to(workdir).as_posix()
+    except (ValueError, OSError):
+        return Path(file).name or "."
+
+
+def check_contract(
+    space: Workspace, framework: Framework, openapi_path: str | None, scratch_dir: Path
+) -> CheckOutcome:
+    """Constraint 6; not applicable (passed) when the task has no contract."""
+    if not openapi_path:
+        return CheckOutcome(6, True, "no contract")
+    contract_file = space.workdir / openapi_path
+    try:
+        contract_text = contract_file.read_text(encoding="utf-8")
+        contract = load_contract(contract_file)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return CheckOutcome(
+            6,
+            False,
+            "the contract could not be read",
+            [Finding(openapi_path, 1, "TB0605", str(exc))],
+        )
+    app = find_fastapi_app(space)
+    if app is None:
+        if framework in ("django", "flask"):
+            return CheckOutcome(
+                6,
+                True,
+                f"not checked: comparing a {framework} app with the contract is not supported yet",
+            )
+        return CheckOutcome(
+            6,
+            False,
+            "no FastAPI app found to compare with the contract",
+            [
+                Finding(
+                    openapi_path,
+                    1,
+                    "TB0604",
+                    "define the app as a module-level `app = FastAPI(...)` (e.g. in app/main.py)",
+                )
+            ],
+        )
+    dump, problem = dump_openapi(space, app, scratch_dir)
+    if dump is None:
+        return CheckOutcome(
+            6,
+            False,
+            f"the app {app.target} could not be imported",
+            [Finding(app.rel, app.line, "TB0604", problem)],
+        )
+    findings = compare_contract(
+        contract,
+        dump.get("openapi", {}),
+        dump.get("routes", []),
+        contract_rel=openapi_path,
+        contract_text=contract_text,
+        workdir=space.workdir,
+        app_location=app,
+    )
+    count = len(_operations(contract))
+    verdict = (
+        f"{app.target} serves the {count} operation(s) of {openapi_path} as specified"
+        if not findings
+        else f"{app.target} differs from {openapi_path} in {len(findings)} place(s)"
+    )
+    return CheckOutcome(6, not findings, verdict, findings)

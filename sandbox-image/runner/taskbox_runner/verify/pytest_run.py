@@ -1,0 +1,365 @@
+"""The one pytest run per verification, under the harness's own settings, and its reports.
+
+A model-written pytest.ini, ``addopts``, ``PYTEST_ADDOPTS``, .coveragerc or
+plugin entry point cannot switch tests or coverage off: pytest reads only the
+harness ini (``-c``; a few keys copied from the *base* project config), plugin
+autoloading is off and the allowed plugins are named with ``-p``, coverage
+reads only the harness rcfile, and ``python -P`` keeps the repository off
+``sys.path`` until pytest itself adds it (so a ``pytest.py`` there cannot stand
+in for pytest). Code the tests import (conftest.py included) still runs inside
+the session: the checks compare what ran with what the files define.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import re
+import sys
+import tomllib
+import xml.etree.ElementTree as ET  # noqa: S405 -- parses pytest's own junit file in our scratch folder
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from taskbox_runner.verify.process import Completed, harness_env, run_bounded
+from taskbox_runner.verify.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+#: pytest plugins the harness loads when installed, by entry-point name.
+ALLOWED_PLUGINS = ("pytest_cov", "anyio", "asyncio", "django", "pytest_mock", "mock")
+
+#: Keys of the project's *base* pytest config that tests may need; everything else
+#: (addopts above all) is dropped.
+CARRIED_KEYS = (
+    "python_files",
+    "python_classes",
+    "python_functions",
+    "markers",
+    "filterwarnings",
+    "xfail_strict",
+    "usefixtures",
+    "norecursedirs",
+    "asyncio_mode",
+    "asyncio_default_fixture_loop_scope",
+    "DJANGO_SETTINGS_MODULE",
+)
+
+
+@dataclass(frozen=True)
+class JunitCase:
+    """One ``<testcase>`` of the junit file."""
+
+    classname: str
+    name: str
+    outcome: str
+    """``passed``, ``failed``, ``error`` or ``skipped``."""
+    message: str = ""
+    skip_location: str | None = None
+    """``path:line`` where a skip or xfail was raised (pytest writes it into the element text)."""
+
+
+@dataclass
+class JunitReport:
+    """The counts pytest wrote, and every test case."""
+
+    tests: int = 0
+    failures: int = 0
+    errors: int = 0
+    skipped: int = 0
+    cases: list[JunitCase] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        """Failures plus errors, as the result contract counts them."""
+        return self.failures + self.errors
+
+    @property
+    def passed(self) -> int:
+        """Tests that neither failed, errored nor were skipped."""
+        return max(0, self.tests - self.failed - self.skipped)
+
+
+@dataclass
+class CoverageReport:
+    """Coverage's JSON totals and the lines each measured file left unrun."""
+
+    percent_covered: float
+    num_statements: int
+    missing: dict[str, list[int]] = field(default_factory=dict)
+    percent_by_file: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PytestRun:
+    """What the single pytest run produced."""
+
+    completed: Completed | None = None
+    junit: JunitReport | None = None
+    coverage: CoverageReport | None = None
+    plugins: list[str] = field(default_factory=list)
+    problem: str | None = None
+    """Why there is no usable result (timeout, crash, unreadable junit)."""
+
+
+def installed_plugins() -> dict[str, str]:
+    """Allowed pytest plugins present in this interpreter: entry-point name -> module."""
+    found: dict[str, str] = {}
+    for entry in importlib.metadata.entry_points(group="pytest11"):
+        if entry.name in ALLOWED_PLUGINS and importlib.util.find_spec(entry.value.split(":")[0]):
+            found[entry.name] = entry.value.split(":")[0]
+    return found
+
+
+def base_pytest_settings(base_config_dir: Path | None) -> dict[str, Any]:
+    """The project's base pytest settings (pytest.ini, then pyproject.toml, then setup.cfg)."""
+    if base_config_dir is None:
+        return {}
+    ini = base_config_dir / "pytest.ini"
+    if ini.is_file():
+        return _ini_section(ini, "pytest")
+    pyproject = base_config_dir / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            tool = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {})
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            tool = {}
+        table = tool.get("pytest", {})
+        settings = table.get("ini_options", table)
+        if settings:
+            return {k: v for k, v in settings.items() if not isinstance(v, dict)}
+    setup_cfg = base_config_dir / "setup.cfg"
+    if setup_cfg.is_file():
+        return _ini_section(setup_cfg, "tool:pytest")
+    return {}
+
+
+def _ini_section(path: Path, section: str) -> dict[str, Any]:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path, encoding="utf-8")
+    except configparser.Error:
+        return {}
+    return dict(parser[section]) if parser.has_section(section) else {}
+
+
+def _ini_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "\n" + "\n".join(f"    {item}" for item in value)
+    return str(value).replace("\n", "\n    ")
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return str(value).split()
+
+
+def write_harness_ini(
+    path: Path,
+    base: dict[str, Any],
+    workdir: Path,
+    plugins: dict[str, str],
+    extra: dict[str, str],
+) -> None:
+    """The only pytest config the run reads."""
+    settings: dict[str, Any] = {k: base[k] for k in CARRIED_KEYS if k in base}
+    pythonpath = [str(workdir)] + [
+        str((workdir / p).resolve()) for p in _as_list(base.get("pythonpath", []))
+    ]
+    settings["pythonpath"] = [p for p in pythonpath if Path(p).is_relative_to(workdir)]
+    settings["junit_family"] = "xunit2"
+    settings["junit_logging"] = "no"
+    settings["console_output_style"] = "classic"
+    if "asyncio" in plugins:
+        settings.setdefault("asyncio_default_fixture_loop_scope", "function")
+    else:
+        settings.pop("asyncio_mode", None)
+        settings.pop("asyncio_default_fixture_loop_scope", None)
+    if "django" not in plugins:
+        settings.pop("DJANGO_SETTINGS_MODULE", None)
+    settings.update(extra)
+    lines = ["[pytest]"] + [f"{key} = {_ini_value(value)}" for key, value in settings.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_harness_rcfile(path: Path, data_file: Path, include: list[str]) -> None:
+    """Coverage settings: report exactly the owned, non-test code (unrun files count as 0%)."""
+    include_lines = "\n".join(f"    {p}" for p in include)
+    path.write_text(
+        "[run]\n"
+        f"data_file = {data_file}\n"
+        "branch = false\n"
+        "parallel = false\n"
+        "[report]\n"
+        f"include =\n{include_lines}\n"
+        "omit =\n    */tests/*\n    */test/*\n    */test_*.py\n    */*_test.py\n    */conftest.py\n"
+        "ignore_errors = true\n",
+        encoding="utf-8",
+    )
+
+
+def coverage_scope(space: Workspace) -> tuple[list[str], list[str]]:
+    """``(--cov source folders, report include globs)`` for the owned, non-test code."""
+    sources: set[str] = set()
+    include: list[str] = []
+    for owned in space.owns_paths:
+        target = space.workdir / owned
+        if owned.endswith("/"):
+            if target.is_dir():
+                sources.add(str(target.resolve()))
+                include.append(f"{target.resolve()}/*")
+        elif owned.endswith(".py") and target.is_file():
+            sources.add(str(target.resolve().parent))
+            include.append(str(target.resolve()))
+    return sorted(sources), include
+
+
+def test_targets(base: dict[str, Any], workdir: Path) -> list[str]:
+    """The base config's ``testpaths`` that exist, else the whole repository."""
+    targets = [workdir / p for p in _as_list(base.get("testpaths", []))]
+    existing = [str(t) for t in targets if t.exists() and t.resolve().is_relative_to(workdir)]
+    return existing or [str(workdir)]
+
+
+def run_pytest(
+    space: Workspace,
+    *,
+    base_config_dir: Path | None,
+    scratch_dir: Path,
+    timeout: float,
+    django_settings: str | None = None,
+) -> PytestRun:
+    """Run the repository's tests once with coverage; read junit and coverage JSON back."""
+    workdir = space.workdir
+    plugins = installed_plugins()
+    run = PytestRun(plugins=sorted(plugins))
+    if "pytest_cov" not in plugins:
+        run.problem = "pytest-cov is not installed in this environment"
+        return run
+    junit_path = scratch_dir / "junit.xml"
+    cov_json = scratch_dir / "coverage.json"
+    data_file = scratch_dir / ".coverage"
+    for stale in (junit_path, cov_json, data_file):
+        stale.unlink(missing_ok=True)
+    base = base_pytest_settings(base_config_dir)
+    extra = {"DJANGO_SETTINGS_MODULE": django_settings} if django_settings else {}
+    ini = scratch_dir / "harness-pytest.ini"
+    write_harness_ini(ini, base, workdir, plugins, extra)
+    rcfile = scratch_dir / "harness-coveragerc"
+    sources, include = coverage_scope(space)
+    write_harness_rcfile(rcfile, data_file, include)
+    argv = [
+        sys.executable,
+        "-P",
+        "-m",
+        "pytest",
+        "-c",
+        str(ini),
+        "--rootdir",
+        str(workdir),
+        "--confcutdir",
+        str(workdir),
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:stepwise",
+    ]
+    for module in sorted(plugins.values()):
+        argv += ["-p", module]
+    argv += ["-o", "addopts=", "--junitxml", str(junit_path), "-q", "--color=no"]
+    if sources:
+        argv += [f"--cov={s}" for s in sources]
+        argv += [f"--cov-config={rcfile}", f"--cov-report=json:{cov_json}"]
+    argv += test_targets(base, workdir)
+    env = harness_env(
+        {
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+            "COVERAGE_FILE": str(data_file),
+            "COVERAGE_RCFILE": str(rcfile),
+        }
+    )
+    done = run_bounded(
+        argv, cwd=workdir, env=env, timeout=timeout, output_dir=scratch_dir, label="pytest"
+    )
+    run.completed = done
+    if done.timed_out:
+        run.problem = f"pytest did not finish within {timeout:.0f} s and was killed"
+        return run
+    run.junit = read_junit(junit_path)
+    if run.junit is None:
+        run.problem = f"pytest wrote no junit report (exit {done.returncode}): {done.last_line()}"
+    if sources:
+        run.coverage = read_coverage(cov_json, workdir)
+    return run
+
+
+def read_junit(path: Path) -> JunitReport | None:
+    """Counts and cases from pytest's junit XML; ``None`` when missing or unreadable."""
+    try:
+        root = ET.parse(path).getroot()  # noqa: S314 -- pytest's own output in the harness scratch folder
+    except (OSError, ET.ParseError):
+        return None
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    report = JunitReport()
+    for suite in suites:
+        report.tests += int(suite.get("tests", 0))
+        report.failures += int(suite.get("failures", 0))
+        report.errors += int(suite.get("errors", 0))
+        report.skipped += int(suite.get("skipped", 0))
+        report.cases += [_case(case) for case in suite.iter("testcase")]
+    return report
+
+
+_SKIP_LOCATION = re.compile(r"^(?P<loc>[^\s:][^:]*:\d+): ")
+
+
+def _case(element: ET.Element) -> JunitCase:
+    classname = element.get("classname", "")
+    name = element.get("name", "")
+    for outcome, tag in (("failed", "failure"), ("error", "error"), ("skipped", "skipped")):
+        child = element.find(tag)
+        if child is not None:
+            message = (child.get("message") or "").strip().splitlines()
+            location = None
+            if tag == "skipped":
+                match = _SKIP_LOCATION.match((child.text or "").strip())
+                location = match.group("loc") if match else None
+            return JunitCase(
+                classname, name, outcome, message[0][:300] if message else "", location
+            )
+    return JunitCase(classname, name, "passed")
+
+
+def read_coverage(path: Path, workdir: Path) -> CoverageReport | None:
+    """Totals and per-file missing lines from coverage's JSON report."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        totals = data["totals"]
+        report = CoverageReport(
+            percent_covered=float(totals["percent_covered"]),
+            num_statements=int(totals["num_statements"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for name, info in sorted(data.get("files", {}).items()):
+        rel = _relative(name, workdir)
+        report.missing[rel] = sorted(int(n) for n in info.get("missing_lines", []))
+        report.percent_by_file[rel] = float(info.get("summary", {}).get("percent_covered", 0.0))
+    return report
+
+
+def _relative(name: str, workdir: Path) -> str:
+    path = Path(name)
+    if not path.is_absolute():
+        return PurePosixPath(name).as_posix()
+    try:
+        return path.resolve().relative_to(workdir).as_posix()
+    except ValueError:
+        return path.as_posix()
