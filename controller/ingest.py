@@ -671,7 +671,7 @@ class _ChangeRules:
             if not change.adds_content:
                 del final[change.path]  # present: the base tree equals the staged files
                 continue
-            if False:
+            if change.status == "A" and change.path in self._real_base:
                 raise _refuse(
                     IngestRefusal.HIDDEN_PATH,
                     f"{_shown(change.path)} exists at the base commit but was not shown to the sandbox",

@@ -576,8 +576,13 @@ def migrate(conn: sqlite3.Connection) -> int:
             current = schema_version(conn)
             _refuse_newer(current)
             if version > current:
-                for statement in statements:
-                    conn.execute(statement)
+                try:
+                    for statement in statements:
+                        conn.execute(statement)
+                except sqlite3.Error as exc:
+                    raise StoreError(
+                        f"migration to schema version {version} failed: {exc}"
+                    ) from exc
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                 logger.info("store migrated", extra={"schema_version": version})
             conn.execute("COMMIT")

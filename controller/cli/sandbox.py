@@ -40,6 +40,13 @@ def _echo_log(text: str) -> None:
     is_flag=True,
     help="Keep the staging folder (what the sandbox saw and wrote); the container is removed anyway.",
 )
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    hidden=True,
+    help="Extra container label KEY=VALUE (tests mark their containers with it).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     task_file: Path,
@@ -47,6 +54,7 @@ def run(
     base: str,
     policy_name: str | None,
     keep: bool,
+    labels: tuple[str, ...],
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND in exactly the sandbox TASK_FILE would get; exit with its status.
@@ -55,6 +63,7 @@ def run(
     Exit status: the command's; 124 when the wall-clock deadline killed it.
     """
     settings = get_settings()
+    extra_labels = dict(item.partition("=")[::2] for item in labels)
     try:
         task = load_task_file(task_file)
         backend = DockerBackend.from_settings(settings)
@@ -69,6 +78,7 @@ def run(
             policy_name=policy_name,
             runs_dir=settings.runs_dir,
             keep=keep,
+            extra_labels=extra_labels,
             on_log=_echo_log,
         )
     except TaskboxError as exc:

@@ -46,9 +46,26 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+def _bind_address(sock: socket.socket, socket_path: Path) -> None:
+    """Bind ``sock`` at ``socket_path``, even when the path is longer than sun_path allows.
+
+    Run folders can be deep; binding through ``/proc/self/fd/<dir fd>/<name>`` keeps
+    the address short while the socket is made in the real folder (Linux only).
+    """
+    if len(os.fsencode(socket_path)) <= MAX_SOCKET_PATH:
+        sock.bind(os.fspath(socket_path))
+        return
+    dir_fd = os.open(socket_path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        short = f"/proc/self/fd/{dir_fd}/{socket_path.name}"
+        if len(os.fsencode(short)) > MAX_SOCKET_PATH:
+            raise GatewayError(f"socket name is too long: {socket_path.name}")
+        sock.bind(short)
+    finally:
+        os.close(dir_fd)
+
+
 def _bind(socket_path: Path) -> socket.socket:
-    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
-        raise GatewayError(f"socket path is longer than {MAX_SOCKET_PATH} bytes: {socket_path}")
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     if socket_path.exists() or socket_path.is_symlink():
         if not stat.S_ISSOCK(socket_path.lstat().st_mode):
@@ -56,11 +73,14 @@ def _bind(socket_path: Path) -> socket.socket:
         socket_path.unlink()  # a stale socket of a crashed gateway
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(os.fspath(socket_path))
+        _bind_address(sock, socket_path)
         socket_path.chmod(SOCKET_MODE)
     except OSError as exc:
         sock.close()
         raise GatewayError(f"cannot bind the gateway socket {socket_path}: {exc.strerror}") from exc
+    except GatewayError:
+        sock.close()
+        raise
     return sock
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 from pydantic import ValidationError
 
 from controller.api.auth import TokenRegistry
+from controller.cli import cli
 from controller.settings import Settings
 from tests.controller.api.conftest import (
     TOKEN_ALL,
@@ -123,9 +125,27 @@ def test_registry_matches_only_exact_tokens() -> None:
 @pytest.mark.parametrize("token", ["changeme", "secret", "token", "short-token", ""])
 def test_settings_refuse_placeholder_tokens(token: str) -> None:
     """Settings refuse a placeholder or short API token, so the server cannot start with one."""
-    with pytest.raises(ValidationError, match="placeholder or shorter") as caught:
+    with pytest.raises(ValidationError, match="placeholder or shorter"):
         Settings(_env_file=None, api_tokens=f"{token}=*")  # type: ignore[call-arg]
-    assert token not in str(caught.value) or not token
+
+
+def test_serve_refuses_a_placeholder_token_without_printing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``taskbox serve`` exits with a readable error for a placeholder token and never prints the token."""
+    monkeypatch.setenv("TASKBOX_API_TOKENS", "shorttok-9f3a=*")
+    result = CliRunner().invoke(cli, ["serve", "--port", "1"])
+    assert result.exit_code == 2
+    assert "placeholder or shorter than 16 characters" in result.output
+    assert "shorttok-9f3a" not in result.output
+
+
+def test_serve_refuses_to_start_without_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``taskbox serve`` with no tokens configured exits instead of serving an API nobody can call."""
+    monkeypatch.setenv("TASKBOX_API_TOKENS", "")
+    result = CliRunner().invoke(cli, ["serve", "--port", "1"])
+    assert result.exit_code == 2
+    assert "no API tokens configured" in result.output
 
 
 def test_settings_parse_token_scopes() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx2
@@ -22,11 +23,16 @@ class Sse:
 
 def read_events(response: httpx2.Response, stop_after: int | None = None) -> list[Sse]:
     """Parse an event stream until it ends (or after ``stop_after`` events)."""
+    return parse_events(response.iter_lines(), stop_after)
+
+
+def parse_events(lines: Iterator[str], stop_after: int | None = None) -> list[Sse]:
+    """Parse SSE lines; a partial event at the start (no id) is skipped."""
     events: list[Sse] = []
     fields: dict[str, str] = {}
-    for line in response.iter_lines():
+    for line in lines:
         if line == "":
-            if "data" in fields:
+            if "data" in fields and "id" in fields:
                 events.append(
                     Sse(int(fields["id"]), fields.get("event", "message"), json.loads(fields["data"]))
                 )
@@ -145,7 +151,7 @@ def test_cancel_shows_in_the_stream(api: ServedApi) -> None:
             if line == "event: sandbox_started":
                 break
         assert api.client().post(f"/v1/tasks/{task_id}/cancel").status_code == 202
-        rest = read_events(response)
+        rest = parse_events(lines)
     stages = [e.event for e in rest]
     assert "cancel_requested" in stages
     assert stages[-1] == "finished"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,8 +63,32 @@ def test_stale_socket_is_replaced_but_other_files_are_not(
         GatewayThread(gateway, regular).start()
     assert regular.read_text(encoding="utf-8") == "keep me"
 
-    with pytest.raises(GatewayError, match="longer than 107 bytes"):
+    with pytest.raises(GatewayError, match="socket name is too long"):
         GatewayThread(gateway, sock_dir / ("x" * 120)).start()
+
+
+def test_socket_in_a_deep_folder_is_served(gateway: ModelGateway, sock_dir: Path) -> None:
+    """A socket whose full path is longer than sun_path allows is still made in its folder and answers."""
+    deep = sock_dir.joinpath(*(["d" * 40] * 4))
+    deep.mkdir(parents=True)
+    path = deep / "gateway.sock"
+    assert len(str(path)) > 107
+    body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "Hi."}]}
+    dir_fd = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with GatewayThread(gateway, path):
+            assert stat.S_ISSOCK(path.stat().st_mode)
+            short = f"/proc/self/fd/{dir_fd}/gateway.sock"
+            with httpx2.Client(transport=httpx2.HTTPTransport(uds=short)) as client:
+                reply = client.post(
+                    "http://gateway/v1/messages",
+                    json=body,
+                    headers={"authorization": f"Bearer {TOKEN}"},
+                )
+            assert reply.status_code == 200
+    finally:
+        os.close(dir_fd)
+    assert not path.exists()
 
 
 def test_request_id_header_on_every_response(gateway: ModelGateway, sock_dir: Path) -> None:

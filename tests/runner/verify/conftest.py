@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from taskbox_runner.verify import VerifyContext, index_tests
 from taskbox_runner.verify.ruff_run import RuffRun, run_ruff
 from taskbox_runner.verify.workspace import Workspace

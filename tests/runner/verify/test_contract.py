@@ -44,7 +44,9 @@ def test_app_that_fails_to_import_is_reported(stage):
     """An app module that raises on import fails the check with the error's last line."""
     staged = stage()
     main = staged.workdir / "app/main.py"
-    staged.write("app/main.py", main.read_text() + "\nraise RuntimeError('DATABASE_URL is not set')\n")
+    staged.write(
+        "app/main.py", main.read_text() + "\nraise RuntimeError('DATABASE_URL is not set')\n"
+    )
     outcome = check_contract(staged.space(), "fastapi", "openapi.yaml", staged.scratch_dir)
     assert not outcome.passed
     assert [f.render() for f in outcome.findings] == [
@@ -64,6 +66,6 @@ def test_schema_shapes_ignore_nullability_and_titles():
     served = {"anyOf": [{"type": "string", "title": "Name"}, {"type": "null"}]}
     contract = {"type": "string", "nullable": True}
     assert shape_differences(schema_shape(contract, {}), schema_shape(served, {}), "x") == []
-    assert shape_differences(schema_shape({"type": "integer"}, {}), schema_shape(served, {}), "x") == [
-        "x: type string in the app, integer in the contract"
-    ]
+    assert shape_differences(
+        schema_shape({"type": "integer"}, {}), schema_shape(served, {}), "x"
+    ) == ["x: type string in the app, integer in the contract"]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pytest
-
 from taskbox_runner.verify.coverage_check import check_coverage, line_ranges
 from taskbox_runner.verify.pytest_run import run_pytest
 
 
 def _run(staged):
     space = staged.space()
-    tests = run_pytest(space, base_config_dir=staged.base_config_dir, scratch_dir=staged.scratch_dir, timeout=120)
+    tests = run_pytest(
+        space, base_config_dir=staged.base_config_dir, scratch_dir=staged.scratch_dir, timeout=120
+    )
     return space, tests
 
 
@@ -39,7 +40,9 @@ def test_no_owned_source_is_not_applicable(stage):
     """A task that owns only tests has nothing to measure: passed, and it says why."""
     staged = stage()
     space = staged.space(owns=("tests/",))
-    tests = run_pytest(space, base_config_dir=staged.base_config_dir, scratch_dir=staged.scratch_dir, timeout=120)
+    tests = run_pytest(
+        space, base_config_dir=staged.base_config_dir, scratch_dir=staged.scratch_dir, timeout=120
+    )
     outcome = check_coverage(space, tests, 80.0)
     assert outcome.passed
     assert outcome.verdict.startswith("not applicable")

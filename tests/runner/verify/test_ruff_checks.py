@@ -25,8 +25,14 @@ def test_missing_annotations_are_reported(stage):
     outcome = check_type_hints(space, ruff)
     assert not outcome.passed
     rendered = {f.render() for f in outcome.findings}
-    assert "app/pagination.py:4: ANN001 Missing type annotation for function argument `page`" in rendered
-    assert "app/pagination.py:4: ANN201 Missing return type annotation for public function `page_bounds`" in rendered
+    assert (
+        "app/pagination.py:4: ANN001 Missing type annotation for function argument `page`"
+        in rendered
+    )
+    assert (
+        "app/pagination.py:4: ANN201 Missing return type annotation for public function `page_bounds`"
+        in rendered
+    )
     assert any(r.startswith("app/pagination.py:13: ANN204 ") for r in rendered)
     assert any(r.startswith("app/pagination.py:16: ANN201 ") for r in rendered)
 
@@ -53,10 +59,14 @@ def test_print_is_reported(stage):
 def test_noqa_does_not_hide_harness_rules(stage):
     """A '# noqa: T201' the model adds still fails constraint 8 and raises a warning."""
     staged = stage()
-    staged.write("app/debug.py", 'def show() -> None:\n    """Show."""\n    print("x")  # noqa: T201\n')
+    staged.write(
+        "app/debug.py", 'def show() -> None:\n    """Show."""\n    print("x")  # noqa: T201\n'
+    )
     space, ruff = staged.ruff()
     assert not check_no_print(space, ruff).passed
-    assert noqa_warnings(space, ruff) == ["app/debug.py:3: a '# noqa' does not silence T201 for the harness"]
+    assert noqa_warnings(space, ruff) == [
+        "app/debug.py:3: a '# noqa' does not silence T201 for the harness"
+    ]
 
 
 def test_ruff_findings_under_the_project_rules(stage):

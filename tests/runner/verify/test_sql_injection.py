@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 
 import pytest
-
 from taskbox_runner.verify.sql_injection import check_sql_injection, find_sql_building
 
 
@@ -41,7 +40,9 @@ def test_ast_pass_alone_catches_what_ruff_misses(stage):
     staged = stage(overlay="bad_01_sql")
     space = staged.space()
     lines = sorted(
-        f.line for rel, tree in space.trees(space.owned_source) for f in find_sql_building(rel, tree)
+        f.line
+        for rel, tree in space.trees(space.owned_source)
+        for f in find_sql_building(rel, tree)
     )
     assert lines == [11, 17, 22]
 
@@ -53,7 +54,10 @@ def test_ast_pass_alone_catches_what_ruff_misses(stage):
         ("cur.execute('SELECT * FROM t WHERE a = ' + x)", "string concatenation"),
         ("cur.execute('SELECT * FROM t WHERE a = %s' % x)", "% formatting"),
         ("cur.execute('SELECT * FROM t WHERE a = {}'.format(x))", ".format()"),
-        ("def f(x):\n    q = 'SELECT 1'\n    q += x\n    return db.execute(q)", "string concatenation"),
+        (
+            "def f(x):\n    q = 'SELECT 1'\n    q += x\n    return db.execute(q)",
+            "string concatenation",
+        ),
         ("User.objects.raw(f'SELECT * FROM u WHERE n = {n}')", "an f-string"),
         ("qs.extra(where=[f'name = {n}'])", "an f-string"),
         ("RawSQL('a = ' + b, [])", "string concatenation"),

@@ -6,24 +6,26 @@ from taskbox_runner.verify.pytest_run import JunitCase, run_pytest
 from taskbox_runner.verify.suite_index import index_test_lines
 from taskbox_runner.verify.tests_pass import check_tests, locate_case
 
-SKIP_ALL = '''
+SKIP_ALL = """
 
 def pytest_collection_modifyitems(items):
     for item in items:
         item.add_marker(pytest.mark.skip(reason="flaky, will fix later"))
-'''
+"""
 
-DESELECT_ALL = '''
+DESELECT_ALL = """
 
 def pytest_collection_modifyitems(config, items):
     config.hook.pytest_deselected(items=list(items))
     items[:] = []
-'''
+"""
 
 
 def _check(staged):
     space = staged.space()
-    tests = run_pytest(space, base_config_dir=staged.base_config_dir, scratch_dir=staged.scratch_dir, timeout=120)
+    tests = run_pytest(
+        space, base_config_dir=staged.base_config_dir, scratch_dir=staged.scratch_dir, timeout=120
+    )
     return check_tests(
         tests,
         now=index_test_lines(staged.workdir),
@@ -37,7 +39,10 @@ def test_good_project_passes(stage):
     """All five tests of the known-good project run and pass."""
     outcome = _check(stage())
     assert outcome.passed, outcome.findings
-    assert outcome.verdict == "5 tests: 5 passed, 0 failed, 0 errors, 0 skipped (0 by the model's files)"
+    assert (
+        outcome.verdict
+        == "5 tests: 5 passed, 0 failed, 0 errors, 0 skipped (0 by the model's files)"
+    )
 
 
 def test_failing_test_is_reported_at_its_definition(stage):
@@ -59,9 +64,10 @@ def test_conftest_that_skips_everything_fails(stage):
     rules = [f.rule for f in outcome.findings]
     assert rules.count("TB0504") == 5
     assert "TB0503" in rules
-    assert "tests/test_users.py:9: TB0504 tests/test_users.py::test_create_then_read skipped by tests/conftest.py: flaky, will fix later" in {
-        f.render() for f in outcome.findings
-    }
+    assert (
+        "tests/test_users.py:9: TB0504 tests/test_users.py::test_create_then_read skipped by tests/conftest.py: flaky, will fix later"
+        in {f.render() for f in outcome.findings}
+    )
 
 
 def test_conftest_that_deselects_everything_fails(stage):
@@ -79,10 +85,15 @@ def test_conftest_that_deselects_everything_fails(stage):
 def test_skip_in_a_test_the_model_wrote_fails(stage):
     """A skip marker in a test file the model changed is the model's skip."""
     staged = stage()
-    staged.write("tests/test_later.py", "import pytest\n\n\n@pytest.mark.skip(reason='todo')\ndef test_later():\n    assert False\n")
+    staged.write(
+        "tests/test_later.py",
+        "import pytest\n\n\n@pytest.mark.skip(reason='todo')\ndef test_later():\n    assert False\n",
+    )
     outcome = _check(staged)
     assert not outcome.passed
-    assert [f.render() for f in outcome.findings] == ["tests/test_later.py:5: TB0504 tests/test_later.py::test_later skipped: todo"]
+    assert [f.render() for f in outcome.findings] == [
+        "tests/test_later.py:5: TB0504 tests/test_later.py::test_later skipped: todo"
+    ]
 
 
 def test_removed_test_fails(stage):
@@ -105,6 +116,12 @@ def test_removed_test_fails(stage):
 def test_junit_cases_map_to_files_and_ids():
     """Junit classnames (dotted modules and classes) map back to test files and ids."""
     index = {"tests/test_a.py": {"test_x": 3, "TestB::test_y": 9}, "pkg/test_c.py": {}}
-    assert locate_case(JunitCase("tests.test_a", "test_x[1-2]", "passed"), index) == ("tests/test_a.py", "test_x")
-    assert locate_case(JunitCase("tests.test_a.TestB", "test_y", "passed"), index) == ("tests/test_a.py", "TestB::test_y")
+    assert locate_case(JunitCase("tests.test_a", "test_x[1-2]", "passed"), index) == (
+        "tests/test_a.py",
+        "test_x",
+    )
+    assert locate_case(JunitCase("tests.test_a.TestB", "test_y", "passed"), index) == (
+        "tests/test_a.py",
+        "TestB::test_y",
+    )
     assert locate_case(JunitCase("", "pkg.test_c", "error"), index) == ("pkg/test_c.py", "")

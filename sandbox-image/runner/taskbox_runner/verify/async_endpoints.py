@@ -11,6 +11,7 @@ helpers are not followed (a known limit of this first cut).
 from __future__ import annotations
 
 import ast
+from typing import TYPE_CHECKING
 
 from taskbox_runner.verify.endpoints import (
     FunctionNode,
@@ -21,7 +22,9 @@ from taskbox_runner.verify.endpoints import (
     walk_function,
 )
 from taskbox_runner.verify.models import CheckOutcome, Finding
-from taskbox_runner.verify.workspace import Workspace
+
+if TYPE_CHECKING:
+    from taskbox_runner.verify.workspace import Workspace
 
 #: Blocking calls by their imported (canonical) dotted name.
 BLOCKING_CALLS = frozenset(
@@ -194,4 +197,4 @@ def check_async(space: Workspace, types: ProjectTypes) -> CheckOutcome:
         if not findings
         else f"{len(findings)} async consistency problem(s)"
     )
-    return CheckOutcome(10, not findings, verdict, findings)
+    return CheckOutcome(10, verdict, findings)

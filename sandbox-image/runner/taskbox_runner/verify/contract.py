@@ -19,14 +19,16 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from taskbox_runner.verify import openapi_dump
 from taskbox_runner.verify.endpoints import imports_module, last_name
 from taskbox_runner.verify.models import CheckOutcome, Finding, Framework
 from taskbox_runner.verify.process import harness_env, run_bounded
-from taskbox_runner.verify.workspace import Workspace
+
+if TYPE_CHECKING:
+    from taskbox_runner.verify.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ def load_contract(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     except ValueError:
         try:
-            import yaml  # noqa: PLC0415 -- only contracts written in YAML need it
+            import yaml
         except ImportError as exc:
             raise ValueError("the contract is not JSON and PyYAML is not installed") from exc
         try:
@@ -433,7 +435,7 @@ def check_contract(
 ) -> CheckOutcome:
     """Constraint 6; not applicable (passed) when the task has no contract."""
     if not openapi_path:
-        return CheckOutcome(6, True, "no contract")
+        return CheckOutcome(6, "no contract")
     contract_file = space.workdir / openapi_path
     try:
         contract_text = contract_file.read_text(encoding="utf-8")
@@ -441,7 +443,6 @@ def check_contract(
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         return CheckOutcome(
             6,
-            False,
             "the contract could not be read",
             [Finding(openapi_path, 1, "TB0605", str(exc))],
         )
@@ -449,13 +450,11 @@ def check_contract(
     if app is None:
         if framework in ("django", "flask"):
             return CheckOutcome(
-                6,
-                True,
-                f"not checked: comparing a {framework} app with the contract is not supported yet",
+            6,
+            f"not checked: comparing a {framework} app with the contract is not supported yet",
             )
         return CheckOutcome(
             6,
-            False,
             "no FastAPI app found to compare with the contract",
             [
                 Finding(
@@ -470,7 +469,6 @@ def check_contract(
     if dump is None:
         return CheckOutcome(
             6,
-            False,
             f"the app {app.target} could not be imported",
             [Finding(app.rel, app.line, "TB0604", problem)],
         )
@@ -489,4 +487,4 @@ def check_contract(
         if not findings
         else f"{app.target} differs from {openapi_path} in {len(findings)} place(s)"
     )
-    return CheckOutcome(6, not findings, verdict, findings)
+    return CheckOutcome(6, verdict, findings)

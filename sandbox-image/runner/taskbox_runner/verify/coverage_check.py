@@ -7,9 +7,13 @@ findings list the lines each file left unrun.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from taskbox_runner.verify.models import CheckOutcome, Finding
-from taskbox_runner.verify.pytest_run import PytestRun
-from taskbox_runner.verify.workspace import Workspace
+
+if TYPE_CHECKING:
+    from taskbox_runner.verify.pytest_run import PytestRun
+    from taskbox_runner.verify.workspace import Workspace
 
 RULE_UNCOVERED = "TB0401"
 RULE_NOT_MEASURED = "TB0402"
@@ -33,7 +37,7 @@ def check_coverage(space: Workspace, tests: PytestRun, threshold: float) -> Chec
     """Passed when the owned source's total line coverage is at least ``threshold``."""
     source = space.owned_source
     if not source:
-        return CheckOutcome(4, True, "not applicable: the task owns no Python source besides tests")
+        return CheckOutcome(4, "not applicable: the task owns no Python source besides tests")
     report = tests.coverage
     if report is None:
         why = (
@@ -42,7 +46,6 @@ def check_coverage(space: Workspace, tests: PytestRun, threshold: float) -> Chec
         )
         return CheckOutcome(
             4,
-            False,
             f"coverage not measured: {why}",
             [Finding(source[0], 1, RULE_NOT_MEASURED, why)],
         )
@@ -77,4 +80,4 @@ def check_coverage(space: Workspace, tests: PytestRun, threshold: float) -> Chec
         # A never-imported module outside a package escapes coverage's totals; it is not "covered".
         passed = False
         verdict += f"; {unmeasured} owned file(s) never imported or measured"
-    return CheckOutcome(4, passed, verdict, findings, name=f"Test coverage >= {threshold:g}%")
+    return CheckOutcome(4, verdict, findings, name=f"Test coverage >= {threshold:g}%")

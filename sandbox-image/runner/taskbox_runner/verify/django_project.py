@@ -11,10 +11,13 @@ import ast
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from taskbox_runner.verify.models import Finding
 from taskbox_runner.verify.process import harness_env, run_bounded
-from taskbox_runner.verify.workspace import Workspace
+
+if TYPE_CHECKING:
+    from taskbox_runner.verify.workspace import Workspace
 
 MIGRATIONS_TIMEOUT_SECONDS = 120.0
 

@@ -6,10 +6,13 @@ All of it reads source with ``ast``; nothing here imports the project.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from taskbox_runner.verify.workspace import Workspace
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from taskbox_runner.verify.workspace import Workspace
 
 HTTP_DECORATORS = frozenset(
     {"get", "post", "put", "patch", "delete", "head", "options", "trace", "api_route"}

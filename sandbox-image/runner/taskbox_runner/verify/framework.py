@@ -11,11 +11,14 @@ from __future__ import annotations
 import ast
 import re
 import tomllib
-from collections.abc import Iterable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from taskbox_runner.verify.models import Framework
-from taskbox_runner.verify.workspace import Workspace
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+
+    from taskbox_runner.verify.models import Framework
+    from taskbox_runner.verify.workspace import Workspace
 
 DEPENDENCY_FILES = ("pyproject.toml", "requirements.txt", "setup.cfg")
 _ORDER: tuple[Framework, ...] = ("fastapi", "django", "flask")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from detect_secrets import SecretsCollection
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
@@ -21,6 +21,9 @@ from detect_secrets.settings import get_settings, transient_settings
 from taskbox_runner.verify.models import CheckOutcome, Finding
 from taskbox_runner.verify.ruff_run import HARNESS_RULES, RuffRun
 from taskbox_runner.verify.workspace import MAX_FILE_BYTES, Workspace, is_test_path
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ def check_secrets(space: Workspace, ruff: RuffRun) -> CheckOutcome:
         if not findings
         else f"{len(findings)} hard-coded secret(s)"
     )
-    return CheckOutcome(2, not findings, verdict, findings)
+    return CheckOutcome(2, verdict, findings)
 
 
 def default_plugin_names() -> list[str]:

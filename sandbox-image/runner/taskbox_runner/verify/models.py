@@ -80,14 +80,18 @@ class Finding:
 
 @dataclass
 class CheckOutcome:
-    """A check's verdict before it becomes a ``ConstraintReport``."""
+    """A check's verdict before it becomes a ``ConstraintReport``: it passed when it found nothing."""
 
     id: int
-    passed: bool
     verdict: str
     """One line saying what was checked and the result (first evidence entry)."""
     findings: list[Finding] = field(default_factory=list)
     name: str = ""
+
+    @property
+    def passed(self) -> bool:
+        """No finding, no failure: every way to fail leaves located evidence."""
+        return not self.findings
 
     def to_report(self, scrub: tuple[str, ...] = ()) -> ConstraintReport:
         """The contract model: verdict first, then the findings in order, capped."""
@@ -157,15 +161,20 @@ class VerificationReport(BaseModel):
         if self.warnings:
             details.append("--- Warnings")
             details.extend(f"- {w}" for w in self.warnings)
-        return _cut("\n".join(head), details, limit)
+        return _cut(head + details, limit)
 
 
-def _cut(head: str, details: list[str], limit: int) -> str:
-    """Keep the summary whole; add detail lines while they fit, then say how many were left."""
-    out = head
-    for index, line in enumerate(details):
-        candidate = f"{out}\n{line}"
-        if len(candidate) > limit:
-            return f"{out}\n... {len(details) - index} more lines not shown"
-        out = candidate
-    return out
+def _cut(lines: list[str], limit: int) -> str:
+    """Whole lines, in order, while they fit in ``limit`` characters with a note on what was cut."""
+    text = "\n".join(lines)
+    if len(text) <= limit:
+        return text
+    kept: list[str] = []
+    size = 0
+    for index, line in enumerate(lines):
+        note = f"... {len(lines) - index} more lines not shown"
+        if size + len(line) + 1 + len(note) > limit:
+            return "\n".join([*kept, note])[:limit]
+        kept.append(line)
+        size += len(line) + 1
+    return text  # not reached: the whole text was longer than the limit

@@ -22,9 +22,13 @@ def _flat_routes(app: Any) -> list[tuple[str, Any, bool]]:
     """
     routes = getattr(app, "routes", [])
     try:
-        from fastapi.routing import iter_route_contexts  # noqa: PLC0415 -- newer FastAPI only
+        from fastapi.routing import iter_route_contexts
     except ImportError:
-        return [(r.path, r, bool(getattr(r, "include_in_schema", True))) for r in routes if hasattr(r, "path")]
+        return [
+            (r.path, r, bool(getattr(r, "include_in_schema", True)))
+            for r in routes
+            if hasattr(r, "path")
+        ]
     flat = []
     for context in iter_route_contexts(routes):
         route = context.original_route
@@ -47,7 +51,9 @@ def route_sources(app: Any) -> list[dict[str, Any]]:
             line = inspect.getsourcelines(endpoint)[1]
         except (OSError, TypeError):
             source, line = "", 1
-        found += [{"method": m, "path": path, "file": source, "line": line} for m in sorted(methods)]
+        found += [
+            {"method": m, "path": path, "file": source, "line": line} for m in sorted(methods)
+        ]
     return found
 
 

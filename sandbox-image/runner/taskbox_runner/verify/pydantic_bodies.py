@@ -13,6 +13,7 @@ fail: the brief asks for v2.
 from __future__ import annotations
 
 import ast
+from typing import TYPE_CHECKING
 
 from taskbox_runner.verify.endpoints import (
     FunctionNode,
@@ -24,7 +25,9 @@ from taskbox_runner.verify.endpoints import (
     walk_function,
 )
 from taskbox_runner.verify.models import CheckOutcome, Finding, Framework
-from taskbox_runner.verify.workspace import Workspace
+
+if TYPE_CHECKING:
+    from taskbox_runner.verify.workspace import Workspace
 
 #: FastAPI parameter sources that are not a JSON body (form and file bodies are validated too).
 NON_BODY_MARKERS = frozenset(
@@ -248,4 +251,4 @@ def check_request_validation(
         verdict = f"every {framework} view that reads a body validates it"
     else:
         verdict = f"every body of {endpoints} FastAPI endpoint(s) is a pydantic model"
-    return CheckOutcome(7, not findings, verdict, findings)
+    return CheckOutcome(7, verdict, findings)

@@ -9,9 +9,13 @@ harness default) over all owned Python files, tests included.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from taskbox_runner.verify.models import CheckOutcome, Finding
 from taskbox_runner.verify.ruff_run import ALL_HARNESS_RULES, HARNESS_RULES, RuffRun, noqa_codes
-from taskbox_runner.verify.workspace import Workspace
+
+if TYPE_CHECKING:
+    from taskbox_runner.verify.workspace import Workspace
 
 
 def _from_ruff(ruff: RuffRun, codes: tuple[str, ...], files: list[str]) -> list[Finding]:
@@ -31,7 +35,7 @@ def check_type_hints(space: Workspace, ruff: RuffRun) -> CheckOutcome:
         if not findings
         else f"{len(findings)} missing annotation(s)"
     )
-    return CheckOutcome(3, not findings, verdict, findings)
+    return CheckOutcome(3, verdict, findings)
 
 
 def check_no_print(space: Workspace, ruff: RuffRun) -> CheckOutcome:
@@ -43,7 +47,7 @@ def check_no_print(space: Workspace, ruff: RuffRun) -> CheckOutcome:
         if not findings
         else f"{len(findings)} print call(s); use logging.getLogger(__name__)"
     )
-    return CheckOutcome(8, not findings, verdict, findings)
+    return CheckOutcome(8, verdict, findings)
 
 
 def check_ruff_clean(space: Workspace, ruff: RuffRun) -> CheckOutcome:
@@ -74,7 +78,7 @@ def check_ruff_clean(space: Workspace, ruff: RuffRun) -> CheckOutcome:
         if not findings
         else f"{len(findings)} ruff finding(s) under {ruff.config_source}"
     )
-    return CheckOutcome(9, not findings, verdict, findings)
+    return CheckOutcome(9, verdict, findings)
 
 
 def noqa_warnings(space: Workspace, ruff: RuffRun) -> list[str]:

@@ -18,10 +18,12 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskbox_runner.verify.process import harness_env, run_bounded
-from taskbox_runner.verify.workspace import Workspace
+
+if TYPE_CHECKING:
+    from taskbox_runner.verify.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,8 @@ class RuleSelection:
 
 def _redirect(selector: str) -> str:
     for old, new in _REDIRECTS.items():
-        if selector.startswith(old) and not selector.startswith(new):
+        # "C9" -> "C90" must leave "C901" alone; "TCH" -> "TC" always applies.
+        if selector.startswith(old) and not (new.startswith(old) and selector.startswith(new)):
             return new + selector[len(old) :]
     return selector
 

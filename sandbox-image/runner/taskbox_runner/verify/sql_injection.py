@@ -11,11 +11,14 @@ usually travel.
 from __future__ import annotations
 
 import ast
+from typing import TYPE_CHECKING
 
 from taskbox_runner.verify.endpoints import call_name
 from taskbox_runner.verify.models import CheckOutcome, Finding
 from taskbox_runner.verify.ruff_run import HARNESS_RULES, RuffRun
-from taskbox_runner.verify.workspace import Workspace
+
+if TYPE_CHECKING:
+    from taskbox_runner.verify.workspace import Workspace
 
 SINKS = frozenset(
     {"execute", "executemany", "executescript", "exec_driver_sql", "text", "raw", "extra", "RawSQL"}
@@ -157,4 +160,4 @@ def check_sql_injection(space: Workspace, ruff: RuffRun) -> CheckOutcome:
         if not kept
         else f"{len(kept)} place(s) build SQL from run-time strings"
     )
-    return CheckOutcome(1, not kept, verdict, kept)
+    return CheckOutcome(1, verdict, kept)

@@ -8,9 +8,12 @@ classes (or ``unittest.TestCase`` subclasses) in ``test_*.py`` / ``*_test.py`` f
 from __future__ import annotations
 
 import ast
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from taskbox_runner.verify.workspace import MAX_FILE_BYTES, is_test_module_name, walk_files
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: ``{test file: {test id: line}}``; a test id is ``name`` or ``Class::name``.
 TestLines = dict[str, dict[str, int]]

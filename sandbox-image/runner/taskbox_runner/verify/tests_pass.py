@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from taskbox_runner.verify.models import CheckOutcome, Finding
-from taskbox_runner.verify.pytest_run import JunitCase, PytestRun
-from taskbox_runner.verify.suite_index import TestLines
+
+if TYPE_CHECKING:
+    from taskbox_runner.verify.pytest_run import JunitCase, PytestRun
+    from taskbox_runner.verify.suite_index import TestLines
 
 _PARAMS = re.compile(r"\[.*\]$")
 
@@ -46,7 +49,7 @@ def locate_case(case: JunitCase, index: TestLines) -> tuple[str, str]:
 def _relative_location(location: str, workdir: str) -> str:
     path = location.rsplit(":", 1)[0]
     prefix = workdir.rstrip("/") + "/"
-    return path[len(prefix) :] if path.startswith(prefix) else path
+    return path.removeprefix(prefix)
 
 
 def check_tests(
@@ -64,7 +67,8 @@ def check_tests(
     if junit is None:
         why = tests.problem or "pytest produced no report"
         return CheckOutcome(
-            5, False, f"tests did not run: {why}", [*findings, Finding(".", 1, "TB0507", why)]
+            5,
+            f"tests did not run: {why}", [*findings, Finding(".", 1, "TB0507", why)]
         )
     changed = set(changed_files)
     conftests = model_conftests(changed_files)
@@ -127,4 +131,4 @@ def check_tests(
         f"{junit.tests} tests: {junit.passed} passed, {junit.failures} failed, {junit.errors} errors, "
         f"{junit.skipped} skipped ({own_skips} by the model's files)"
     )
-    return CheckOutcome(5, not findings, verdict, findings)
+    return CheckOutcome(5, verdict, findings)

@@ -1,0 +1,156 @@
+"""Docker fixtures: the engine, the built image (missing = a clear failure), a small test policy.
+
+Every container these tests make carries ``taskbox.test=1``; the session ends with a check that
+no container with the project's labels is left on the engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.contract import Task
+from controller.errors import SandboxError
+from controller.image import SANDBOX_IMAGE
+from controller.sandbox.docker import DockerBackend, DockerImages
+from controller.sandbox.spec import LABEL_MANAGED
+from controller.sandbox.task_sandbox import TaskSandboxRun, run_in_task_sandbox
+from controller.settings import Settings
+from tests.conftest import RepoFactory
+
+TEST_LABEL = "taskbox.test"
+
+#: Small limits keep the attacks fast: each container lives a fraction of a second.
+TEST_POLICY = {
+    "name": "test",
+    "description": "Tight limits for the Docker tests.",
+    "image": SANDBOX_IMAGE,
+    "uid": 10001,
+    "gid": 10001,
+    "limits": {
+        "memory_mb": 128,
+        "cpus": 1.0,
+        "pids": 64,
+        "nofile": 256,
+        "file_size_mb": 16,
+        "wall_clock_seconds": 20,
+        "log_max_mb": 1,
+    },
+    "max": {"memory_mb": 256, "cpus": 1.0, "pids": 128, "wall_clock_seconds": 60},
+    "tmpfs": [{"path": "/tmp", "size_mb": 8}, {"path": "/home/sandbox", "size_mb": 4}],
+    "deny": ["*.secret"],
+    "model": {
+        "allowed_models": ["test-model"],
+        "default_model": "test-model",
+        "max_tokens_per_request": 100,
+        "max_total_tokens": 1000,
+        "max_requests": 10,
+        "max_rounds": 1,
+    },
+}
+
+REPO_FILES = {
+    "app/__init__.py": "",
+    "app/readme.md": "relevant and read-only\n",
+    "app/owned/handlers.py": "HANDLERS = {}\n",
+    "notes.txt": "owned file\n",
+    "secret_plan.txt": "never planned\n",
+    "keys.secret": "denied by the policy\n",
+    ".env": "API_KEY=never-mounted\n",
+}
+
+
+def _leftovers(backend: DockerBackend) -> list[str]:
+    found = backend.client.api.containers(
+        all=True, filters={"label": [f"{LABEL_MANAGED}=1"]}
+    ) + backend.client.api.containers(all=True, filters={"label": [f"{TEST_LABEL}=1"]})
+    return sorted({c["Names"][0] for c in found})
+
+
+@pytest.fixture(scope="session")
+def docker_backend() -> Iterator[DockerBackend]:
+    """A backend on the local engine; at the end of the session, no labelled container may remain."""
+    try:
+        backend = DockerBackend.from_settings(Settings())
+        backend.client.ping()
+    except SandboxError as exc:
+        pytest.fail(f"no Docker engine answers ({exc}); start one with scripts/ensure-docker")
+    if DockerImages(backend.client).image_id(SANDBOX_IMAGE) is None:
+        pytest.fail(
+            f"the sandbox image {SANDBOX_IMAGE} is missing: build it with `taskbox image build` "
+            "(scripts/setup does) before running the Docker tests"
+        )
+    yield backend
+    left = _leftovers(backend)
+    assert left == [], f"containers left on the engine after the tests: {left}"
+
+
+@pytest.fixture(scope="session")
+def policies_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A policy folder holding only the tight ``test`` policy."""
+    folder = tmp_path_factory.mktemp("policies")
+    (folder / "test.yaml").write_text(json.dumps(TEST_POLICY))  # JSON is YAML
+    return folder
+
+
+@pytest.fixture
+def sandbox_repo(make_repo: RepoFactory) -> Path:
+    """A real git repository with planned, unplanned and denied files."""
+    repo, _ = make_repo(REPO_FILES)
+    return repo
+
+
+def make_task(**resources: Any) -> Task:
+    """The test task: owns app/owned/ and notes.txt, may read app/readme.md (and asks for .env)."""
+    return Task.model_validate(
+        {
+            "taskKey": "SBX-1",
+            "description": "Docker test task",
+            "ownsPaths": ["app/owned/", "notes.txt"],
+            "contextJson": {"SBX-1-ctx": {"relevant_files": ["app/readme.md", ".env"]}},
+            **({"resources": resources} if resources else {}),
+        }
+    )
+
+
+class SandboxRunner:
+    """Runs commands in the test task's sandbox the way ``taskbox sandbox run`` does."""
+
+    def __init__(self, backend: DockerBackend, repo: Path, policies: Path, runs: Path) -> None:
+        self.backend = backend
+        self.repo = repo
+        self.policies = policies
+        self.runs = runs
+
+    def __call__(
+        self,
+        script: str,
+        *,
+        task: Task | None = None,
+        keep: bool = False,
+        collect: dict[str, int] | None = None,
+    ) -> TaskSandboxRun:
+        return run_in_task_sandbox(
+            task or make_task(),
+            repo=self.repo,
+            command=["sh", "-c", script],
+            backend=self.backend,
+            policies_dir=self.policies,
+            policy_name="test",
+            runs_dir=self.runs,
+            keep=keep,
+            collect=collect,
+            extra_labels={TEST_LABEL: "1"},
+        )
+
+
+@pytest.fixture
+def in_sandbox(
+    docker_backend: DockerBackend, sandbox_repo: Path, policies_dir: Path, tmp_path: Path
+) -> SandboxRunner:
+    """Call with a shell script; returns the TaskSandboxRun (container already removed)."""
+    return SandboxRunner(docker_backend, sandbox_repo, policies_dir, tmp_path / "runs")

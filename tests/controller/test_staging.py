@@ -1,0 +1,123 @@
+"""Staging: exactly the planned files, from the base commit, with writable parts handed over."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from controller.contract import Task
+from controller.errors import SandboxError
+from controller.policy.loader import load_policy
+from controller.policy.planner import MountPlan, plan_mounts
+from controller.policy.schema import Policy
+from controller.gitrepo import list_tree
+from controller.settings import PROJECT_ROOT
+from controller.staging import remove_staging, stage_run
+from tests.conftest import RepoFactory
+
+FILES = {
+    "app/main.py": "print('base')\n",
+    "app/api/users.py": "USERS = []\n",
+    "app/api/.env.local": "TOKEN=nope\n",
+    "README.md": "readme\n",
+    "secret_plan.txt": "not planned\n",
+    ".env": "KEY=nope\n",
+    "run.sh": "#!/bin/sh\n",
+}
+
+
+@pytest.fixture
+def policy() -> Policy:
+    return load_policy(PROJECT_ROOT / "policies", "be-python")
+
+
+def make_task() -> Task:
+    return Task.model_validate(
+        {
+            "taskKey": "BE-7",
+            "description": "d",
+            "ownsPaths": ["app/api/", "app/new_module.py"],
+            "contextJson": {"BE-7-ctx": {"relevant_files": ["README.md", "run.sh", ".env"]}},
+        }
+    )
+
+
+@pytest.fixture
+def planned(make_repo: RepoFactory, policy: Policy) -> tuple[Path, MountPlan]:
+    repo, commit = make_repo(FILES, executables=("run.sh",))
+    return repo, plan_mounts(make_task(), list_tree(repo, commit), policy, commit)
+
+
+def staged_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_only_planned_files_are_staged(planned: tuple[Path, MountPlan], policy: Policy, tmp_path: Path) -> None:
+    """The work folder holds the planned files only: no unplanned, denied or .git file."""
+    repo, plan = planned
+    paths = stage_run(repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json="{}")
+    assert staged_files(paths.work) == {
+        "README.md",
+        "run.sh",
+        "app/api/users.py",
+        "app/new_module.py",
+    }
+    assert (paths.work / "app/new_module.py").read_bytes() == b""  # placeholder of a new owned file
+
+
+def test_contents_come_from_the_commit_not_the_checkout(
+    planned: tuple[Path, MountPlan], policy: Policy, tmp_path: Path
+) -> None:
+    """A change in the live checkout after the base commit does not reach the sandbox."""
+    repo, plan = planned
+    (repo / "README.md").write_text("changed in the checkout\n")
+    paths = stage_run(repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json="{}")
+    assert (paths.work / "README.md").read_text() == "readme\n"
+    assert os.access(paths.work / "run.sh", os.X_OK)
+    assert not os.access(paths.work / "README.md", os.X_OK)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another uid needs root")
+def test_writable_parts_belong_to_the_sandbox_user(
+    planned: tuple[Path, MountPlan], policy: Policy, tmp_path: Path
+) -> None:
+    """Owned paths and out/ belong to the sandbox uid; the read-only tree stays root's."""
+    repo, plan = planned
+    paths = stage_run(repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json='{"a": 1}')
+    for owned in (paths.work / "app/api", paths.work / "app/api/users.py", paths.work / "app/new_module.py", paths.out):
+        assert (owned.stat().st_uid, owned.stat().st_gid) == (policy.uid, policy.gid)
+    assert paths.work.stat().st_uid == 0
+    assert (paths.work / "README.md").stat().st_uid == 0
+    run_json = paths.taskbox / "run.json"
+    assert stat.S_IMODE(run_json.stat().st_mode) == 0o400
+    assert run_json.stat().st_uid == policy.uid
+    assert json.loads(run_json.read_text()) == {"a": 1}
+
+
+def test_an_existing_staging_folder_is_never_reused(
+    planned: tuple[Path, MountPlan], policy: Policy, tmp_path: Path
+) -> None:
+    """Staging into a folder that exists fails instead of mixing two runs."""
+    repo, plan = planned
+    (tmp_path / "s").mkdir()
+    with pytest.raises(SandboxError, match="already exists"):
+        stage_run(repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json="{}")
+
+
+def test_removal_does_not_follow_links_planted_inside(
+    planned: tuple[Path, MountPlan], policy: Policy, tmp_path: Path
+) -> None:
+    """A symlink the sandbox left in an owned folder is removed, its target is not."""
+    repo, plan = planned
+    paths = stage_run(repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json="{}")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    (paths.work / "app/api/evil").symlink_to(victim)
+    remove_staging(paths.root)
+    assert not paths.root.exists()
+    assert (victim / "keep.txt").read_text() == "keep"

@@ -1,0 +1,226 @@
+"""The SQLite task store: schema migrations, WAL, the controller lock, FIFO claims, events, idempotency."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from controller import store as store_module
+from controller.errors import StoreError
+from controller.store import (
+    SCHEMA_VERSION,
+    NewEvent,
+    NewTask,
+    TaskStore,
+    schema_version,
+)
+
+
+def new_task(task_id: str, key: str = "idem", principal: str = "p1", digest: str = "h1") -> NewTask:
+    """A task to insert, with made-up fields."""
+    return NewTask(
+        id=task_id,
+        task_key=f"BE-{task_id}",
+        repository="alpha",
+        base_ref="HEAD",
+        base_commit="c" * 40,
+        task_json="{}",
+        request_hash=digest,
+        principal=principal,
+        idempotency_key=key,
+    )
+
+
+QUEUED = NewEvent("queued", "queued", {})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TaskStore:
+    """A fresh store in tmp_path."""
+    opened = TaskStore(tmp_path / "tasks.sqlite3")
+    yield opened  # type: ignore[misc]
+    opened.close()
+
+
+def test_new_store_is_at_the_latest_schema_in_wal_mode(tmp_path: Path) -> None:
+    """Opening a new file creates every table at SCHEMA_VERSION, in WAL mode."""
+    path = tmp_path / "tasks.sqlite3"
+    TaskStore(path).close()
+    conn = sqlite3.connect(path)
+    assert schema_version(conn) == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"tasks", "events", "idempotency_keys", "schema_version"} <= tables
+    conn.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A file written by a newer controller is refused instead of being misread."""
+    path = tmp_path / "tasks.sqlite3"
+    TaskStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this controller"):
+        TaskStore(path)
+
+
+def test_a_new_migration_is_applied_once_and_keeps_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration added later runs on an existing file once, keeping its rows."""
+    path = tmp_path / "tasks.sqlite3"
+    first = TaskStore(path)
+    first.create_task(new_task("a"), QUEUED)
+    first.close()
+    extra = (SCHEMA_VERSION + 1, ("ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",))
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, extra))
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    for _ in range(2):
+        TaskStore(path).close()
+    conn = sqlite3.connect(path)
+    assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [
+        *range(1, SCHEMA_VERSION + 2)
+    ]
+    assert conn.execute("SELECT id, priority FROM tasks").fetchall() == [("a", 0)]
+    conn.close()
+
+
+def test_a_failed_migration_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration that fails half-way is rolled back whole; the version does not move."""
+    path = tmp_path / "tasks.sqlite3"
+    TaskStore(path).close()
+    broken = (SCHEMA_VERSION + 1, ("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL"))
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, broken))
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(StoreError, match="migration to schema version 2 failed"):
+        TaskStore(path)
+    conn = sqlite3.connect(path)
+    assert schema_version(conn) == SCHEMA_VERSION
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchone() is None
+    conn.close()
+
+
+def test_a_second_controller_cannot_open_the_same_store(store: TaskStore) -> None:
+    """The file lock keeps a second controller off a store whose tasks the first one runs."""
+    with pytest.raises(StoreError, match="another controller"):
+        TaskStore(store.path)
+    reader = TaskStore(store.path, exclusive=False)
+    reader.close()
+
+
+def test_claims_are_fifo_and_attempts_count(store: TaskStore) -> None:
+    """claim_next takes the oldest queued task, marks it running with a run id and counts the attempt."""
+    for task_id in ("a", "b", "c"):
+        store.create_task(new_task(task_id, key=task_id), QUEUED)
+    first = store.claim_next(lambda task_id, attempt: f"{task_id}-{attempt}")
+    assert first is not None
+    assert (first.id, first.status, first.attempts, first.run_id) == ("a", "running", 1, "a-1")
+    requeued = store.requeue("a", event=NewEvent("requeued", "again", {}), uncount_attempt=False)
+    assert requeued is not None
+    assert requeued.status == "queued"
+    again = store.claim_next(lambda task_id, attempt: f"{task_id}-{attempt}")
+    assert again is not None
+    assert (again.id, again.attempts, again.run_id) == ("a", 2, "a-2")
+    assert store.queue_position(store.get("c")) == 2  # type: ignore[arg-type]
+    order = []
+    while (claimed := store.claim_next(lambda task_id, attempt: task_id)) is not None:
+        order.append(claimed.id)
+    assert order == ["b", "c"]
+
+
+def test_idempotency_key_is_taken_once(store: TaskStore) -> None:
+    """A second create under the same principal and key writes nothing and returns the first task."""
+    task, digest, created = store.create_task(new_task("a", key="k", digest="h1"), QUEUED)
+    assert created
+    again, stored_digest, created_again = store.create_task(new_task("b", key="k", digest="h2"), QUEUED)
+    assert not created_again
+    assert again.id == task.id
+    assert stored_digest == digest == "h1"
+    other_principal, _, created_other = store.create_task(
+        new_task("c", key="k", principal="p2"), QUEUED
+    )
+    assert created_other
+    assert other_principal.id == "c"
+    assert store.get("b") is None
+
+
+def test_concurrent_creates_with_one_key_make_one_task(store: TaskStore) -> None:
+    """Racing submissions with one key produce one task, whatever the thread order."""
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def create(n: int) -> None:
+        barrier.wait()
+        results.append(store.create_task(new_task(f"t{n}", key="race"), QUEUED)[2])
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert len(store.list_tasks()) == 1
+
+
+def test_events_are_complete_only_with_the_final_event(store: TaskStore) -> None:
+    """events_after reports a stream complete only once the task is final and every event is read."""
+    store.create_task(new_task("a"), QUEUED)
+    store.claim_next(lambda task_id, attempt: "r")
+    store.append_event("a", NewEvent("round", "round 1", {"n": 1}))
+    events, complete = store.events_after("a", 0)
+    assert [e.stage for e in events] == ["queued", "started", "round"]
+    assert not complete
+    store.finish(
+        "a",
+        status="succeeded",
+        result_json="{}",
+        reason=None,
+        event=NewEvent("finished", "done", {"status": "succeeded"}),
+    )
+    events, complete = store.events_after("a", 2)
+    assert [e.seq for e in events] == [3, 4]
+    assert complete
+    _, complete_partial = store.events_after("a", 0, limit=2)
+    assert not complete_partial
+
+
+def test_finish_only_from_an_open_state(store: TaskStore) -> None:
+    """A final task cannot be finished again or re-queued."""
+    store.create_task(new_task("a"), QUEUED)
+    done = NewEvent("finished", "cancelled", {})
+    assert store.finish("a", status="cancelled", result_json="{}", reason="r", event=done)
+    assert store.finish("a", status="failed", result_json="{}", reason="r", event=done) is None
+    assert store.requeue("a", event=done, uncount_attempt=False) is None
+    assert store.get("a").status == "cancelled"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="not a final state"):
+        store.finish("a", status="running", result_json="{}", reason=None, event=done)
+
+
+def test_counts_and_readiness_write(store: TaskStore) -> None:
+    """count_by_status lists every state; check_writable writes a row."""
+    store.create_task(new_task("a"), QUEUED)
+    counts = store.count_by_status()
+    assert counts["queued"] == 1
+    assert counts["succeeded"] == 0
+    store.check_writable()
+
+
+def test_data_survives_reopening(tmp_path: Path) -> None:
+    """What was committed is there after the store is closed and opened again."""
+    path = tmp_path / "tasks.sqlite3"
+    first = TaskStore(path)
+    first.create_task(new_task("a"), QUEUED)
+    first.close()
+    second = TaskStore(path)
+    record = second.get("a")
+    assert record is not None
+    assert record.status == "queued"
+    assert second.events_after("a", 0)[0][0].stage == "queued"
+    second.close()

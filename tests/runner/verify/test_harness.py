@@ -1,0 +1,169 @@
+"""verify() end to end: ten verdicts, numbers equal to pytest's and coverage's, honest feedback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from taskbox_runner.verify import verify
+
+DATA = Path(__file__).parent / "data"
+
+SKIP_ALL = """
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        item.add_marker(pytest.mark.skip(reason="later"))
+"""
+
+
+def _junit_counts(path):
+    suite = ET.parse(path).getroot().find("testsuite")
+    assert suite is not None
+    return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+
+
+def test_good_project_passes_all_ten(stage):
+    """The known-good project passes every constraint; the counts are junit's and coverage's own."""
+    staged = stage()
+    report = verify(staged.context())
+    assert report.passed, report.feedback()
+    assert report.framework == "fastapi"
+    assert [c.id for c in report.constraints] == list(range(1, 11))
+    junit = _junit_counts(staged.scratch_dir / "junit.xml")
+    totals = json.loads((staged.scratch_dir / "coverage.json").read_text())["totals"]
+    results = report.test_results
+    assert (results.total, results.failed, results.skipped) == (
+        junit["tests"],
+        junit["failures"] + junit["errors"],
+        junit["skipped"],
+    )
+    assert results.passed == 5
+    assert results.coverage_percent == totals["percent_covered"]
+    assert report.warnings == []
+
+
+@pytest.mark.parametrize(
+    ("project", "owns", "package", "omit"),
+    [
+        ("public_fastapi", "app_b_an/", "app_b_an", "*/test_main.py"),
+        ("good_fastapi", "app/", "app", "*/tests/*"),
+    ],
+)
+def test_numbers_equal_pytest_and_coverage_run_by_hand(
+    stage, tmp_path, project, owns, package, omit
+):
+    """On a project nobody here wrote (and on ours), test and coverage numbers equal a plain pytest --cov run."""
+    staged = stage(project)
+    report = verify(staged.context(owns=[owns, "tests/"], openapi_path=None))
+    by_hand = tmp_path / "by-hand"
+    shutil.copytree(DATA / project, by_hand)
+    (by_hand / ".coveragerc").write_text(f"[run]\nomit = {omit}\n")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTEST_", "COV_CORE_", "COVERAGE_"))
+    }
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--cov={package}",
+            "--cov-report=json:cov.json",
+            "--junitxml=junit.xml",
+        ],
+        cwd=by_hand,
+        env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
+        check=True,
+        capture_output=True,
+    )
+    junit = _junit_counts(by_hand / "junit.xml")
+    percent = json.loads((by_hand / "cov.json").read_text())["totals"]["percent_covered"]
+    results = report.test_results
+    assert results.total == junit["tests"] > 0
+    assert results.failed == junit["failures"] + junit["errors"]
+    assert results.skipped == junit["skipped"]
+    assert results.passed == junit["tests"] - junit["failures"] - junit["errors"] - junit["skipped"]
+    assert results.coverage_percent == percent
+
+
+def test_public_project_constraints(stage):
+    """The public example passes its tests but hard-codes its token and leaves returns unannotated."""
+    report = verify(stage("public_fastapi").context(owns=["app_b_an/"], openapi_path=None))
+    failed = {c.id for c in report.constraints if not c.passed}
+    assert failed == {2, 3, 9}
+    secrets = report.constraints[1].evidence
+    assert (
+        'app_b_an/main.py:8: S105 Possible hardcoded password assigned to: "fake_secret_token"'
+        in secrets
+    )
+
+
+def test_conftest_that_skips_every_test_is_not_a_pass(stage):
+    """A model-edited conftest.py skipping every test fails the report and is named in the warnings."""
+    staged = stage()
+    staged.write("tests/conftest.py", (staged.workdir / "tests/conftest.py").read_text() + SKIP_ALL)
+    report = verify(staged.context())
+    assert not report.passed
+    tests = report.constraints[4]
+    assert not tests.passed
+    assert (
+        tests.evidence[0]
+        == "5 tests: 0 passed, 0 failed, 0 errors, 5 skipped (5 by the model's files)"
+    )
+    assert ".:1: TB0503 no test ran; at least one test must run and pass" in tests.evidence
+    assert report.test_results.skipped == 5
+    assert (
+        "conftest.py written by the model: tests/conftest.py (it runs inside the test session; review it)"
+        in report.warnings
+    )
+
+
+@pytest.mark.parametrize("overlay", [f"bad_{n:02d}_{name}" for n, name in [
+    (1, "sql"), (2, "secrets"), (3, "hints"), (4, "coverage"), (5, "tests"),
+    (6, "contract"), (7, "pydantic"), (8, "print"), (9, "ruff"), (10, "async"),
+]])  # fmt: skip
+def test_each_bad_project_fails_its_own_constraint(stage, overlay):
+    """verify() fails constraint NN on the bad_NN overlay and says where in the evidence."""
+    number = int(overlay.split("_")[1])
+    report = verify(stage(overlay=overlay).context())
+    constraint = report.constraints[number - 1]
+    assert constraint.id == number
+    assert not constraint.passed
+    assert len(constraint.evidence) > 1
+    assert all(":" in line for line in constraint.evidence[1:])
+
+
+def test_feedback_is_deterministic_and_free_of_tmp_paths(stage):
+    """Two runs give the same feedback; it names files relative to the repo and cuts at the limit."""
+    staged = stage(overlay="bad_01_sql")
+    first = verify(staged.context()).feedback()
+    second = verify(staged.context()).feedback()
+    assert first == second
+    assert str(staged.workdir) not in first
+    assert str(staged.scratch_dir) not in first
+    assert "/tmp" not in first
+    assert (
+        "app/reports.py:17: TB0101 SQL built with string concatenation reaches execute()" in first
+    )
+    short = verify(staged.context()).feedback(limit=900)
+    assert len(short) <= 900
+    assert short.endswith("more lines not shown")
+
+
+def test_missing_base_index_is_a_warning(stage):
+    """Without base_tests the report warns that removed tests were not checked."""
+    staged = stage()
+    context = staged.context().model_copy(update={"base_tests": None})
+    report = verify(context)
+    assert "no base test index was given: removed tests were not checked" in report.warnings

@@ -1,0 +1,56 @@
+"""The single ruff run: rule selection as ruff resolves it, and noqa parsing."""
+
+from __future__ import annotations
+
+import pytest
+from taskbox_runner.verify.ruff_run import RuleSelection, noqa_codes, project_ruff_config
+
+
+@pytest.mark.parametrize(
+    ("table", "code", "enabled"),
+    [
+        ({}, "F401", True),
+        ({}, "E501", False),
+        ({"select": ["E"]}, "E501", True),
+        ({"select": ["E"]}, "ERA001", False),
+        ({"select": ["ALL"], "ignore": ["ANN"]}, "ANN201", False),
+        ({"select": ["ALL"], "ignore": ["ANN"]}, "ANN401", False),
+        ({"select": ["ANN201"], "ignore": ["ANN"]}, "ANN201", True),
+        ({"select": ["ANN"], "ignore": ["ANN201"]}, "ANN201", False),
+        ({"select": ["T"]}, "T201", True),
+        ({"select": ["T"]}, "TRY003", False),
+        ({"select": ["PL"]}, "PLR0913", True),
+        ({"select": ["C"]}, "C901", True),
+        ({"select": ["C"]}, "CPY001", False),
+        ({"select": ["E"], "extend-select": ["S6"]}, "S608", True),
+        ({"select": ["TCH"]}, "TC001", True),
+        ({"select": ["S"], "extend-ignore": ["S105"]}, "S105", False),
+    ],
+)
+def test_rule_selection(table, code, enabled):
+    """A code is on when the most specific matching selector selects it (ignore wins a tie)."""
+    assert RuleSelection.from_lint_table(table).enables(code) is enabled
+
+
+@pytest.mark.parametrize(
+    ("line", "codes"),
+    [
+        ("x = 1", None),
+        ("x = 1  # noqa", set()),
+        ("x = 1  # noqa: F841", {"F841"}),
+        ("x = 1  # NOQA:E501,F401", {"E501", "F401"}),
+    ],
+)
+def test_noqa_codes(line, codes):
+    """Blanket and coded noqa comments are told apart."""
+    assert noqa_codes(line) == codes
+
+
+def test_project_config_prefers_ruff_toml(tmp_path):
+    """ruff.toml wins over pyproject.toml; a pyproject without [tool.ruff] is no ruff config."""
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    assert project_ruff_config(tmp_path) == (None, {})
+    (tmp_path / "ruff.toml").write_text("[lint]\nselect = ['E']\n")
+    path, table = project_ruff_config(tmp_path)
+    assert path == tmp_path / "ruff.toml"
+    assert table == {"lint": {"select": ["E"]}}
