@@ -24,6 +24,8 @@ SAFE_GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_PAGER": "cat",
     "GIT_OPTIONAL_LOCKS": "0",
+    # Replace refs would let the object database say one thing and a tree listing another.
+    "GIT_NO_REPLACE_OBJECTS": "1",
     "GIT_ATTR_NOSYSTEM": "1",
     "LC_ALL": "C",
     "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

@@ -622,7 +622,9 @@ class _ChangeRules:
                 IngestRefusal.OUTSIDE_OWNED,
                 f"{_shown(path)} is not under ownsPaths ({self._owned_text})",
             )
-        rule = self._deny.denied_by(path)
+        # Rules match case-sensitively, but a checkout on macOS or Windows does not:
+        # 'SECRETS/x' or 'KEY.PEM' must be denied like their lower-case forms.
+        rule = self._deny.denied_by(path) or self._deny.denied_by(_fold(path))
         if rule is not None:
             raise _refuse(
                 IngestRefusal.DENIED,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, ValidationError
 from taskbox_runner.config import RunBudget, RunConfig
+from taskbox_runner.progress import EVENT_PREFIX
 
 from controller.contract import Task, TaskResult, TaskStatus
 from controller.errors import IngestionError, InvalidTaskError, SandboxError, TaskboxError
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 BUNDLE_FILE = "result.bundle"
-EVENT_PREFIX = "::taskbox-event::"
 RUNNER_COMMAND = ["python", "-m", "taskbox_runner"]
 #: The runner stops its own loop this long before the controller's hard deadline, so
 #: it still has time to commit, bundle and write its result.

@@ -19,7 +19,7 @@ from controller.api.auth import TokenRegistry
 from controller.api.deps import AppContext, ReadinessProbe
 from controller.api.errors import error_code_table, install_error_handlers
 from controller.api.metrics import TaskMetrics
-from controller.api.middleware import RequestContextMiddleware
+from controller.api.middleware import BearerGate, RequestContextMiddleware
 from controller.api.routes import system, tasks
 from controller.service import TaskService
 from controller.settings import Settings
@@ -41,6 +41,10 @@ branch on `code`, never on `message`:
 
 {error_code_table()}
 """
+
+
+#: Paths answered without a token: liveness and readiness probes carry none.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 def create_app(
@@ -96,6 +100,9 @@ def create_app(
     )
     app.state.taskbox = context
     install_error_handlers(app)
+    # add_middleware wraps: the last added runs first. Order on the way in: request id and
+    # body cap, then the token gate, then FastAPI's routing and body parsing.
+    app.add_middleware(BearerGate, tokens=context.tokens, public_paths=PUBLIC_PATHS)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
     app.include_router(tasks.router)
     app.include_router(system.router)
@@ -125,12 +132,36 @@ def _tidy_openapi(app: FastAPI) -> None:
                                 "schema": {"$ref": "#/components/schemas/ErrorResponse"}
                             }
                         }
-                    for media in response.get("content", {}).values():
-                        if "$ref" in media.get("schema", {}):
-                            media["schema"] = {"$ref": media["schema"]["$ref"]}
+                    for media_type, media in response.get("content", {}).items():
+                        if "$ref" not in media.get("schema", {}):
+                            continue
+                        ref = media["schema"]["$ref"]
+                        media["schema"] = (
+                            _sse_event_schema(ref)
+                            if media_type == "text/event-stream"
+                            else {"$ref": ref}
+                        )
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _sse_event_schema(data_ref: str) -> dict[str, Any]:
+    """One server-sent event (OpenAPI 3.1 style: the schema describes each event of the stream)."""
+    return {
+        "type": "object",
+        "required": ["id", "event", "data"],
+        "properties": {
+            "id": {"type": "string", "description": "The event's sequence number."},
+            "event": {"type": "string", "description": "The stage."},
+            "retry": {"type": "integer", "description": "Reconnect delay in ms (first event)."},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": data_ref},
+            },
+        },
+    }
 
 
 class _SpecOnlyExecutor:

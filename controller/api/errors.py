@@ -226,6 +226,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the given error statuses, all with :class:`ErrorResponse`."""
     descriptions = {
+        400: "The body could not be read (`bad_request`), e.g. it is not UTF-8.",
         401: "No or invalid bearer token (`unauthenticated`).",
         403: "The token may not use this repository (`repository_forbidden`).",
         404: "Not found (`task_not_found`, `repository_not_found`, `audit_not_found`).",

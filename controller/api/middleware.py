@@ -1,4 +1,4 @@
-"""Per-request plumbing as plain ASGI: a request id, a body-size cap, one access log line.
+"""Per-request plumbing as plain ASGI: a request id, a body-size cap, one access log line, a token gate.
 
 Plain ASGI rather than ``BaseHTTPMiddleware`` so streaming responses (SSE)
 pass through untouched.
@@ -17,6 +17,8 @@ from controller.api.errors import RequestTooLargeError
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from controller.api.auth import TokenRegistry
 
 logger = logging.getLogger("controller.api.access")
 
@@ -94,25 +96,80 @@ class RequestContextMiddleware:
         return receive_capped
 
 
+class BearerGate:
+    """Refuses a request without a valid bearer token before anything reads its body.
+
+    FastAPI parses a body before it runs dependencies, so without this gate a
+    caller with no token could still learn from 400/422 answers what the API
+    accepts. The route dependency authenticates again to get the caller's
+    principal; the gate only says no early.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, tokens: TokenRegistry, public_paths: frozenset[str]
+    ) -> None:
+        """Wrap ``app``; ``public_paths`` (health probes) pass without a token."""
+        self.app = app
+        self.tokens = tokens
+        self.public_paths = public_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI call."""
+        if scope["type"] != "http" or scope.get("path") in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and token and self.tokens.authenticate(token) is not None:
+            await self.app(scope, receive, send)
+            return
+        request_id = str(scope.get("state", {}).get("request_id", ""))
+        message = (
+            "send 'Authorization: Bearer <token>'" if not token else "the bearer token is not valid"
+        )
+        await _send_error(
+            send,
+            status=401,
+            code="unauthenticated",
+            message=message,
+            request_id=request_id,
+            extra_headers=[(b"www-authenticate", b"Bearer")],
+        )
+
+
 async def _send_too_large(send: Send, request_id: str, limit: int) -> None:
+    await _send_error(
+        send,
+        status=413,
+        code="request_too_large",
+        message=f"the request body is over {limit} bytes",
+        request_id=request_id,
+        extra_headers=[(b"connection", b"close")],
+    )
+
+
+async def _send_error(
+    send: Send,
+    *,
+    status: int,
+    code: str,
+    message: str,
+    request_id: str,
+    extra_headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Answer with the JSON error shape straight from ASGI (before FastAPI is involved)."""
     body = json.dumps(
-        {
-            "error": {
-                "code": "request_too_large",
-                "message": f"the request body is over {limit} bytes",
-                "requestId": request_id,
-            }
-        }
+        {"error": {"code": code, "message": message, "requestId": request_id or None}}
     ).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", request_id.encode()),
-                (b"connection", b"close"),
+                *extra_headers,
             ],
         }
     )

@@ -49,7 +49,7 @@ def _progress(text: str) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No build progress on stderr.")
-def build(
+def build(  # noqa: PLR0917 - click passes every option as a parameter
     repo: Path | None,
     base_ref: str,
     base_image: str | None,

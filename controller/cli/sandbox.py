@@ -48,7 +48,7 @@ def _echo_log(text: str) -> None:
     help="Extra container label KEY=VALUE (tests mark their containers with it).",
 )
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(
+def run(  # noqa: PLR0917 - click passes every option as a parameter
     task_file: Path,
     repo: Path,
     base: str,
@@ -101,7 +101,9 @@ def run(
 
 
 @sandbox.command()
-@click.option("--controller", "controller_id", default=None, help="Only containers of this controller id.")
+@click.option(
+    "--controller", "controller_id", default=None, help="Only containers of this controller id."
+)
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def cleanup(controller_id: str | None, dry_run: bool, as_json: bool) -> None:

@@ -166,6 +166,9 @@ class MountPlanner:
     def denied_by(self, path: str, *, is_dir: bool = False) -> str | None:
         """The first deny rule that matches ``path`` or one of its folders, or None."""
         candidates = [*(a + "/" for a in _ancestors(path)), path + ("/" if is_dir else "")]
+        # Rules match case-sensitively, but checkouts on macOS and Windows do not: a
+        # '.ENV' there is the '.env' a rule denies, so the case-folded path is checked too.
+        candidates += [c.casefold() for c in candidates if c.casefold() != c]
         for candidate in candidates:
             for rule, spec in self._rules:
                 if spec.match_file(candidate):

@@ -8,6 +8,7 @@ sandbox with the controller's own wall-clock deadline and always removes it;
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import stat
@@ -148,7 +149,7 @@ def _check_regular(st: os.stat_result, cap: int) -> _Refused | None:
     return None
 
 
-def _read_one(dir_fd: int, name: str, cap: int) -> bytes | _Refused | None:
+def _read_one(dir_fd: int, name: str, cap: int) -> bytes | _Refused | None:  # noqa: PLR0911 - one return per refusal reads best
     """One file of the out folder: its bytes, a refusal, or None when absent."""
     try:
         before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -226,10 +227,14 @@ def read_output_files(out_dir: Path, caps: Mapping[str, int]) -> CollectedOutput
 class _LogPump:
     """Reads a container's log stream in a thread: forwards up to a cap, keeps a tail."""
 
-    def __init__(self, chunks: Iterator[bytes], cap: int, on_log: Callable[[str], None] | None):
+    def __init__(
+        self, chunks: Iterator[bytes], cap: int, on_log: Callable[[str], None] | None
+    ) -> None:
         self._chunks = chunks
         self._cap = cap
         self._on_log = on_log
+        # Incremental: a UTF-8 character split across two chunks still decodes whole.
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._tail: deque[bytes] = deque()
         self._tail_size = 0
         self.forwarded = 0
@@ -263,7 +268,7 @@ class _LogPump:
             self.truncated = True
         self.forwarded += len(chunk)
         if self._on_log is not None:
-            self._on_log(chunk.decode("utf-8", "replace"))
+            self._on_log(self._decoder.decode(chunk))
 
     def _run(self) -> None:
         try:
@@ -340,8 +345,14 @@ class DockerBackend:
         timed_out = False
         remaining = max(0.0, started + timeout_seconds - time.monotonic())
         try:
-            status = api.wait(handle.id, timeout=max(remaining, 0.001))
-        except requests.exceptions.RequestException:
+            status: Mapping[str, Any] | None = self._wait_for_exit(handle, max(remaining, 0.001))
+        except requests.exceptions.RequestException as exc:
+            if time.monotonic() < started + timeout_seconds - 1:
+                # Not the deadline: the engine connection failed. Kill rather than leave it running.
+                self._kill(handle)
+                raise SandboxError(
+                    f"lost the engine while waiting for {handle.name}: {exc}"
+                ) from exc
             # The read timed out: the deadline passed. SIGKILL, not stop: a PID 1 that
             # ignores SIGTERM (or is ptrace-stopped) must not buy itself a grace period.
             timed_out = True
@@ -374,9 +385,15 @@ class DockerBackend:
             # 409: it exited on its own between the timeout and the kill.
             log.debug("kill of %s: %s", handle.name, exc)
 
-    def _wait_after_kill(self, handle: SandboxHandle) -> dict[str, Any] | None:
+    def _wait_for_exit(self, handle: SandboxHandle, timeout: float) -> Mapping[str, Any]:
+        """The engine's wait; raises a requests error when ``timeout`` seconds pass first."""
+        # requests takes a float timeout (sub-second deadlines matter); the stub says int.
+        result: Mapping[str, Any] = self._client.api.wait(handle.id, timeout=timeout)  # type: ignore[arg-type]
+        return result
+
+    def _wait_after_kill(self, handle: SandboxHandle) -> Mapping[str, Any] | None:
         try:
-            result: dict[str, Any] = self._client.api.wait(handle.id, timeout=KILL_WAIT_SECONDS)
+            result = self._wait_for_exit(handle, KILL_WAIT_SECONDS)
         except (requests.exceptions.RequestException, DockerException) as exc:
             log.warning("%s did not report its end after the kill: %s", handle.name, exc)
             return None
@@ -513,10 +530,14 @@ class DockerImages:
         """Image operations on the engine the settings name."""
         return cls(docker_client(settings))
 
+    def _inspect_image(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._client.api.inspect_image(ref)  # type: ignore[no-untyped-call]  # untyped in the stub
+        return result
+
     def image_id(self, ref: str) -> str | None:
         """The content id of ``ref``, or None when the engine does not have it."""
         try:
-            return str(self._client.api.inspect_image(ref)["Id"])
+            return str(self._inspect_image(ref)["Id"])
         except (ImageNotFound, NotFound):
             return None
         except DockerException as exc:
@@ -525,7 +546,7 @@ class DockerImages:
     def image_labels(self, ref: str) -> dict[str, str]:
         """The labels of ``ref`` (empty when it has none or does not exist)."""
         try:
-            config = self._client.api.inspect_image(ref).get("Config") or {}
+            config = self._inspect_image(ref).get("Config") or {}
         except (ImageNotFound, NotFound):
             return {}
         except DockerException as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, SecretStr
+from taskbox_runner.config import RunBudget, RunConfig
 
 from controller.errors import InvalidTaskError
 from controller.gitrepo import MODE_EXECUTABLE, ensure_repository, list_tree, resolve_commit
@@ -22,7 +23,6 @@ from controller.policy.planner import MountPlan, plan_mounts
 from controller.sandbox.backend import SandboxRun
 from controller.sandbox.spec import build_container_spec
 from controller.staging import remove_staging, stage_run
-from taskbox_runner.config import RunBudget, RunConfig
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -93,7 +93,8 @@ def plan_task(
     plan = plan_mounts(task, list_tree(top, commit), policy, commit)
     if plan.invalid_reasons:
         raise InvalidTaskError(
-            "the task's plan is invalid: " + "; ".join(f"owned path {r}" for r in plan.invalid_reasons)
+            "the task's plan is invalid: "
+            + "; ".join(f"owned path {r}" for r in plan.invalid_reasons)
         )
     return top, commit, policy, plan
 

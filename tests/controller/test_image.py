@@ -49,7 +49,9 @@ def test_declared_dependencies_are_read_from_the_commit(make_repo: RepoFactory) 
 def test_a_repository_without_declarations_needs_no_layer(make_repo: RepoFactory) -> None:
     """A repository with neither file declares nothing."""
     repo, commit = make_repo({"app.py": "x = 1\n"})
-    assert repo_dependencies(repo, commit) == RepoDependencies(requirements=[], sources=[], ignored=[])
+    assert repo_dependencies(repo, commit) == RepoDependencies(
+        requirements=[], sources=[], ignored=[]
+    )
 
 
 def test_symlinked_requirements_file_is_not_read(make_repo: RepoFactory) -> None:

@@ -665,10 +665,19 @@ def test_case_collision_within_the_work_is_refused(world: World) -> None:
     world.assert_refused("case_collision", lambda: world.ingest(box.bundle()))
 
 
-def test_case_variant_of_a_hidden_denied_file_is_refused(world: World) -> None:
-    """'app/.ENV' slips past the case-sensitive '.env*' rule but collides with the hidden app/.env."""
+@pytest.mark.parametrize("name", ["app/.ENV", "app/SECRETS/token.txt", "app/server.PEM"])
+def test_case_variant_of_a_denied_name_is_refused(world: World, name: str) -> None:
+    """Deny rules also match the case-folded path, as a case-insensitive checkout would see it."""
     box = world.sandbox()
-    box.write("app/.ENV", "SECRET=overwritten\n")
+    box.write(name, "SECRET=overwritten\n")
+    box.commit()
+    world.assert_refused("denied", lambda: world.ingest(box.bundle()))
+
+
+def test_case_variant_of_a_hidden_file_is_refused(world: World) -> None:
+    """'app/LINK' collides with the hidden symlink app/link the sandbox was never shown."""
+    box = world.sandbox()
+    box.write("app/LINK", "shadowing the link\n")
     box.commit()
     world.assert_refused("case_collision", lambda: world.ingest(box.bundle()))
 

@@ -196,7 +196,7 @@ class Greeting(BaseModel):
 
 
 def greeting_tests(path: str) -> str:
-    return f'''from fastapi.testclient import TestClient
+    return f"""from fastapi.testclient import TestClient
 
 from app.main import app
 
@@ -211,7 +211,7 @@ def test_create() -> None:
 
 def test_invalid() -> None:
     assert client.post("{path}", json={{"name": ""}}).status_code == 422
-'''
+"""
 
 
 MAIN_EDITS = [

@@ -16,7 +16,7 @@ from controller.errors import (
     UnknownRepositoryError,
 )
 from controller.service import MAX_ATTEMPTS, TaskService, request_hash, run_id_for
-from controller.store import TaskStore
+from controller.store import NewEvent, TaskStore
 from tests.controller.api.fake_executor import FakeExecutor, wait_for
 
 
@@ -87,7 +87,11 @@ def make_service(
 def submit(service: TaskService, key: str, idem: str | None = None) -> str:
     """Submit a task; its id."""
     return service.submit(
-        principal="p", idempotency_key=idem or key, task=make_task(key), repository="alpha", base_ref="HEAD"
+        principal="p",
+        idempotency_key=idem or key,
+        task=make_task(key),
+        repository="alpha",
+        base_ref="HEAD",
     ).task.id
 
 
@@ -208,11 +212,17 @@ def test_admission_errors(make_service: Callable[..., TaskService]) -> None:
     service.start()
     task = make_task("BE-9")
     with pytest.raises(UnknownRepositoryError):
-        service.submit(principal="p", idempotency_key="a", task=task, repository="x", base_ref="HEAD")
+        service.submit(
+            principal="p", idempotency_key="a", task=task, repository="x", base_ref="HEAD"
+        )
     with pytest.raises(BaseRefError):
-        service.submit(principal="p", idempotency_key="b", task=task, repository="alpha", base_ref="nope")
+        service.submit(
+            principal="p", idempotency_key="b", task=task, repository="alpha", base_ref="nope"
+        )
     with pytest.raises(RepositoryUnavailableError):
-        service.submit(principal="p", idempotency_key="c", task=task, repository="broken", base_ref="HEAD")
+        service.submit(
+            principal="p", idempotency_key="c", task=task, repository="broken", base_ref="HEAD"
+        )
 
 
 def test_request_hash_is_canonical() -> None:
@@ -232,7 +242,5 @@ def submit_queued(service: TaskService, key: str) -> str:
     return submit(service, key)
 
 
-def _event(stage: str) -> object:
-    from controller.store import NewEvent  # noqa: PLC0415 - a helper of two tests
-
+def _event(stage: str) -> NewEvent:
     return NewEvent(stage, stage, {})

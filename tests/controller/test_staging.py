@@ -11,10 +11,10 @@ import pytest
 
 from controller.contract import Task
 from controller.errors import SandboxError
+from controller.gitrepo import list_tree
 from controller.policy.loader import load_policy
 from controller.policy.planner import MountPlan, plan_mounts
 from controller.policy.schema import Policy
-from controller.gitrepo import list_tree
 from controller.settings import PROJECT_ROOT
 from controller.staging import remove_staging, stage_run
 from tests.conftest import RepoFactory
@@ -56,10 +56,14 @@ def staged_files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
-def test_only_planned_files_are_staged(planned: tuple[Path, MountPlan], policy: Policy, tmp_path: Path) -> None:
+def test_only_planned_files_are_staged(
+    planned: tuple[Path, MountPlan], policy: Policy, tmp_path: Path
+) -> None:
     """The work folder holds the planned files only: no unplanned, denied or .git file."""
     repo, plan = planned
-    paths = stage_run(repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json="{}")
+    paths = stage_run(
+        repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json="{}"
+    )
     assert staged_files(paths.work) == {
         "README.md",
         "run.sh",
@@ -75,7 +79,9 @@ def test_contents_come_from_the_commit_not_the_checkout(
     """A change in the live checkout after the base commit does not reach the sandbox."""
     repo, plan = planned
     (repo / "README.md").write_text("changed in the checkout\n")
-    paths = stage_run(repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json="{}")
+    paths = stage_run(
+        repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json="{}"
+    )
     assert (paths.work / "README.md").read_text() == "readme\n"
     assert os.access(paths.work / "run.sh", os.X_OK)
     assert not os.access(paths.work / "README.md", os.X_OK)
@@ -87,8 +93,15 @@ def test_writable_parts_belong_to_the_sandbox_user(
 ) -> None:
     """Owned paths and out/ belong to the sandbox uid; the read-only tree stays root's."""
     repo, plan = planned
-    paths = stage_run(repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json='{"a": 1}')
-    for owned in (paths.work / "app/api", paths.work / "app/api/users.py", paths.work / "app/new_module.py", paths.out):
+    paths = stage_run(
+        repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json='{"a": 1}'
+    )
+    for owned in (
+        paths.work / "app/api",
+        paths.work / "app/api/users.py",
+        paths.work / "app/new_module.py",
+        paths.out,
+    ):
         assert (owned.stat().st_uid, owned.stat().st_gid) == (policy.uid, policy.gid)
     assert paths.work.stat().st_uid == 0
     assert (paths.work / "README.md").stat().st_uid == 0
@@ -113,7 +126,9 @@ def test_removal_does_not_follow_links_planted_inside(
 ) -> None:
     """A symlink the sandbox left in an owned folder is removed, its target is not."""
     repo, plan = planned
-    paths = stage_run(repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json="{}")
+    paths = stage_run(
+        repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json="{}"
+    )
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "keep.txt").write_text("keep")

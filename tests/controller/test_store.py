@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,10 @@ QUEUED = NewEvent("queued", "queued", {})
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> TaskStore:
+def store(tmp_path: Path) -> Iterator[TaskStore]:
     """A fresh store in tmp_path."""
     opened = TaskStore(tmp_path / "tasks.sqlite3")
-    yield opened  # type: ignore[misc]
+    yield opened
     opened.close()
 
 
@@ -77,7 +78,10 @@ def test_a_new_migration_is_applied_once_and_keeps_data(
     first = TaskStore(path)
     first.create_task(new_task("a"), QUEUED)
     first.close()
-    extra = (SCHEMA_VERSION + 1, ("ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",))
+    extra = (
+        SCHEMA_VERSION + 1,
+        ("ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",),
+    )
     monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, extra))
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     for _ in range(2):
@@ -130,7 +134,7 @@ def test_claims_are_fifo_and_attempts_count(store: TaskStore) -> None:
     assert (again.id, again.attempts, again.run_id) == ("a", 2, "a-2")
     assert store.queue_position(store.get("c")) == 2  # type: ignore[arg-type]
     order = []
-    while (claimed := store.claim_next(lambda task_id, attempt: task_id)) is not None:
+    while (claimed := store.claim_next(lambda task_id, _attempt: task_id)) is not None:
         order.append(claimed.id)
     assert order == ["b", "c"]
 
@@ -139,7 +143,9 @@ def test_idempotency_key_is_taken_once(store: TaskStore) -> None:
     """A second create under the same principal and key writes nothing and returns the first task."""
     task, digest, created = store.create_task(new_task("a", key="k", digest="h1"), QUEUED)
     assert created
-    again, stored_digest, created_again = store.create_task(new_task("b", key="k", digest="h2"), QUEUED)
+    again, stored_digest, created_again = store.create_task(
+        new_task("b", key="k", digest="h2"), QUEUED
+    )
     assert not created_again
     assert again.id == task.id
     assert stored_digest == digest == "h1"
@@ -172,7 +178,7 @@ def test_concurrent_creates_with_one_key_make_one_task(store: TaskStore) -> None
 def test_events_are_complete_only_with_the_final_event(store: TaskStore) -> None:
     """events_after reports a stream complete only once the task is final and every event is read."""
     store.create_task(new_task("a"), QUEUED)
-    store.claim_next(lambda task_id, attempt: "r")
+    store.claim_next(lambda _task_id, _attempt: "r")
     store.append_event("a", NewEvent("round", "round 1", {"n": 1}))
     events, complete = store.events_after("a", 0)
     assert [e.stage for e in events] == ["queued", "started", "round"]

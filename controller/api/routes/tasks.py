@@ -79,7 +79,7 @@ def task_view(service: TaskService, record: TaskRecord) -> TaskView:
     "",
     status_code=202,
     summary="Submit a task",
-    responses=error_responses(401, 403, 404, 409, 413, 422, 500, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 500, 503),
 )
 def submit_task(
     body: SubmitTaskRequest,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anthropic
 import httpx2
 
+from taskbox_runner.progress import report_progress
 from taskbox_runner.tools import (
     MissingContextLog,
     ModelTools,
@@ -301,6 +302,7 @@ class GenerateVerifyLoop:
         state.calls += 1
         state.calls_in_round += 1
         state.usage.add(response.usage)
+        report_progress("model", f"model call {state.calls}: {response.stop_reason}")
         logger.info(
             "model call %d: stop_reason=%s input=%d output=%d cache_read=%s cache_write=%s",
             state.calls,
@@ -424,6 +426,11 @@ class GenerateVerifyLoop:
             ) from exc
         state.report, state.report_writes = report, writes
         logger.info("checks %s", "passed" if report.passed else "failed")
+        failed = [c.name for c in report.constraints if not c.passed]
+        report_progress(
+            "checks",
+            "all checks pass" if report.passed else "checks failed: " + ", ".join(failed),
+        )
         return report
 
     def _run_checks_tool(self) -> str:
@@ -436,6 +443,7 @@ class GenerateVerifyLoop:
         state = self._state
         state.rounds += 1
         state.calls_in_round = 0
+        report_progress("round", f"round {state.rounds} ended; verifying")
         if state.report is not None and state.report_writes == self._editor.write_count:
             report = state.report  # run_checks already checked exactly these files
         else:

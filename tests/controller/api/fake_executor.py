@@ -176,7 +176,10 @@ def make_readiness_probes(settings: Settings) -> dict[str, Callable[[], None]]:
     """Engine and image probes that fail while ``engine-down`` / ``image-missing`` files exist."""
     del settings
     control = Path(os.environ[CONTROL_ENV])
-    return {"engine": probe_file(control, "engine-down"), "image": probe_file(control, "image-missing")}
+    return {
+        "engine": probe_file(control, "engine-down"),
+        "image": probe_file(control, "image-missing"),
+    }
 
 
 def probe_file(control: Path, name: str) -> Callable[[], None]:

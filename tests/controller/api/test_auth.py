@@ -36,17 +36,13 @@ PROTECTED = [
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
 def test_every_route_but_health_needs_a_token(api: ServedApi, method: str, path: str) -> None:
     """Without a token, with an unknown one, or with another scheme, every API route answers 401."""
-    kwargs = (
-        {"json": task_body(), "headers": {"Idempotency-Key": "k"}} if method == "POST" else {}
-    )
+    kwargs = {"json": task_body(), "headers": {"Idempotency-Key": "k"}} if method == "POST" else {}
     for client in (api.client(None), api.client(TOKEN_UNKNOWN), api.client(TOKEN_ALL[:-1])):
         response = client.request(method, path, **kwargs)  # type: ignore[arg-type]
         assert response.status_code == 401, (path, response.text)
         assert response.json()["error"]["code"] == "unauthenticated"
         assert response.headers["WWW-Authenticate"] == "Bearer"
-    basic = api.client(None).request(
-        method, path, headers={"Authorization": f"Basic {TOKEN_ALL}"}
-    )
+    basic = api.client(None).request(method, path, headers={"Authorization": f"Basic {TOKEN_ALL}"})
     assert basic.status_code == 401
 
 
@@ -126,7 +122,7 @@ def test_registry_matches_only_exact_tokens() -> None:
 def test_settings_refuse_placeholder_tokens(token: str) -> None:
     """Settings refuse a placeholder or short API token, so the server cannot start with one."""
     with pytest.raises(ValidationError, match="placeholder or shorter"):
-        Settings(_env_file=None, api_tokens=f"{token}=*")  # type: ignore[call-arg]
+        Settings(_env_file=None, api_tokens=f"{token}=*")  # type: ignore[call-arg,arg-type]
 
 
 def test_serve_refuses_a_placeholder_token_without_printing_it(
@@ -151,6 +147,7 @@ def test_serve_refuses_to_start_without_tokens(monkeypatch: pytest.MonkeyPatch) 
 def test_settings_parse_token_scopes() -> None:
     """``TOKEN=repo1,repo2;TOKEN2=*`` becomes each token's repository list."""
     settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, api_tokens=f"{TOKEN_ALPHA}=alpha,beta;{TOKEN_ALL}=*"
+        _env_file=None,
+        api_tokens=f"{TOKEN_ALPHA}=alpha,beta;{TOKEN_ALL}=*",  # type: ignore[arg-type]
     )
     assert settings.api_tokens == {TOKEN_ALPHA: ["alpha", "beta"], TOKEN_ALL: ["*"]}

@@ -22,7 +22,9 @@ def test_unexpected_error_is_500_with_only_a_request_id(
     wait_for(lambda: len(fake.calls()) == 1, what="the run to start")
     (fake.control / "audit-crashes").touch()
     with caplog.at_level(logging.ERROR, logger="controller.api.errors"):
-        response = api.client().get(f"/v1/tasks/{task_id}/audit", headers={"X-Request-ID": "req-42"})
+        response = api.client().get(
+            f"/v1/tasks/{task_id}/audit", headers={"X-Request-ID": "req-42"}
+        )
     assert response.status_code == 500
     error = response.json()["error"]
     assert error["code"] == "internal_error"

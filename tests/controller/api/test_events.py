@@ -34,7 +34,11 @@ def parse_events(lines: Iterator[str], stop_after: int | None = None) -> list[Ss
         if line == "":
             if "data" in fields and "id" in fields:
                 events.append(
-                    Sse(int(fields["id"]), fields.get("event", "message"), json.loads(fields["data"]))
+                    Sse(
+                        int(fields["id"]),
+                        fields.get("event", "message"),
+                        json.loads(fields["data"]),
+                    )
                 )
                 if stop_after is not None and len(events) >= stop_after:
                     return events
@@ -87,9 +91,7 @@ def test_stream_follows_a_running_task_live(api: ServedApi, fake: FakeExecutor) 
         # The run is held: nothing final has been sent, and the connection is still open.
         assert "finished" not in seen
         fake.release("HOLD-1")
-        for line in lines:
-            if line.startswith("event: "):
-                seen.append(line.removeprefix("event: "))
+        seen.extend(line.removeprefix("event: ") for line in lines if line.startswith("event: "))
     assert seen[-1] == "finished"
     assert seen[:3] == ["queued", "started", "admitted"]
 

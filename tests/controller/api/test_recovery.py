@@ -53,8 +53,10 @@ def test_kill_9_with_three_tasks_loses_nothing_and_keeps_order(
     client = server.client()
     one, two, three = (submit(client, key) for key in ("HOLD-1", "HOLD-2", "HOLD-3"))
     wait_for(
-        lambda: [status_of(client, t)["status"] for t in (one, two, three)]
-        == ["running", "running", "queued"],
+        lambda: (
+            [status_of(client, t)["status"] for t in (one, two, three)]
+            == ["running", "running", "queued"]
+        ),
         what="two running, one queued",
     )
     assert sorted(fake.containers()) == sorted([f"{one}-1", f"{two}-1"])
@@ -123,7 +125,9 @@ def test_sigterm_cancels_after_the_grace_and_the_next_start_resumes(
     wait_for(lambda: len(fake.calls()) == 2, what="the task to run again")
     fake.release()
     wait_for(lambda: status_of(client, task_id)["status"] == "succeeded", what="the task to finish")
-    assert status_of(client, task_id)["attempts"] == 1  # a clean shutdown does not use up an attempt
+    assert (
+        status_of(client, task_id)["attempts"] == 1
+    )  # a clean shutdown does not use up an attempt
     requeued = [d["reason"] for s, d in stages(client, task_id) if s == "requeued"]
     assert requeued == ["controller_shutdown"]
     client.close()

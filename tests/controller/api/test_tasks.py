@@ -105,7 +105,7 @@ def test_missing_idempotency_key_is_422(api: ServedApi) -> None:
 
 def test_invalid_task_is_422_without_echoing_input(api: ServedApi) -> None:
     """A malformed task answers 422 naming the field, without repeating the submitted value."""
-    secret_like = "sk-ant-api03/THIS-MUST-NOT-COME-BACK"
+    secret_like = "sk-ant-api03/THIS-MUST-NOT-COME-BACK"  # noqa: S105 - a fake, to test echoing
     body = task_body()
     body["task"]["taskKey"] = secret_like
     body["task"]["ownsPaths"] = []

@@ -201,3 +201,18 @@ def test_submodule_is_refused(make_repo: RepoFactory) -> None:
         "vendor/lib/new.py": RefusalReason.SUBMODULE,
         "vendor/lib": RefusalReason.SUBMODULE,
     }
+
+
+def test_deny_rules_also_match_case_folded_paths(make_repo: RepoFactory) -> None:
+    """'.ENV' is '.env' on a case-insensitive checkout, so the rule for '.env*' refuses it."""
+    path, commit = make_repo({"config/.ENV": "KEY=x\n", "Secrets/key.txt": "x\n", "a.py": ""})
+    plan = plan_mounts(
+        make_task(["a.py"], ["config/.ENV", "Secrets/key.txt"]),
+        list_tree(path, commit),
+        POLICY,
+        commit,
+    )
+    assert reasons(plan) == {
+        "config/.ENV": RefusalReason.DENIED,
+        "Secrets/key.txt": RefusalReason.DENIED,
+    }

@@ -7,7 +7,7 @@ no container with the project's labels is left on the engine.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,7 @@ class SandboxRunner:
         task: Task | None = None,
         keep: bool = False,
         collect: dict[str, int] | None = None,
+        on_log: Callable[[str], None] | None = None,
     ) -> TaskSandboxRun:
         return run_in_task_sandbox(
             task or make_task(),
@@ -145,6 +146,7 @@ class SandboxRunner:
             keep=keep,
             collect=collect,
             extra_labels={TEST_LABEL: "1"},
+            on_log=on_log,
         )
 
 

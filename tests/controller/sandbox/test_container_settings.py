@@ -54,7 +54,9 @@ def spec(policy: Policy) -> ContainerSpec:
         base_commit="0" * 40,
         policy="unit",
         policy_digest="sha256:abc",
-        read_only=[MountEntry(path="README.md", kind="file", role=Role.RELEVANT, exists_at_base=True)],
+        read_only=[
+            MountEntry(path="README.md", kind="file", role=Role.RELEVANT, exists_at_base=True)
+        ],
         read_write=[
             MountEntry(path="app/api", kind="dir", role=Role.OWNS, exists_at_base=True),
             MountEntry(path="tests/test_x.py", kind="file", role=Role.OWNS, exists_at_base=False),
@@ -185,5 +187,13 @@ def test_create_kwargs_are_exactly_the_hardened_settings(spec: ContainerSpec) ->
         "tty": False,
     }
     assert create_kwargs(spec) == expected
-    forbidden = {"ports", "devices", "cap_add", "network_mode", "pid_mode", "volumes", "userns_mode"}
+    forbidden = {
+        "ports",
+        "devices",
+        "cap_add",
+        "network_mode",
+        "pid_mode",
+        "volumes",
+        "userns_mode",
+    }
     assert forbidden.isdisjoint(create_kwargs(spec))

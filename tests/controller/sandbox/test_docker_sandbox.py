@@ -20,7 +20,9 @@ MIB = 1024 * 1024
 
 def test_sandbox_user_is_not_root_and_has_no_capabilities(in_sandbox: SandboxRunner) -> None:
     """id is 10001, every capability set is empty, no-new-privileges and seccomp are on."""
-    run = in_sandbox("id -u; id -g; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status")
+    run = in_sandbox(
+        "id -u; id -g; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status"
+    )
     lines = run.run.outcome.log_tail.split()
     assert run.run.outcome.exit_code == 0
     assert lines[:2] == ["10001", "10001"]
@@ -34,7 +36,9 @@ def test_sandbox_user_is_not_root_and_has_no_capabilities(in_sandbox: SandboxRun
     }
 
 
-def test_relevant_file_and_unowned_paths_are_read_only(in_sandbox: SandboxRunner, sandbox_repo: Path) -> None:
+def test_relevant_file_and_unowned_paths_are_read_only(
+    in_sandbox: SandboxRunner, sandbox_repo: Path
+) -> None:
     """Writes to a relevant file, beside it, and to the root fail; the host copies stay unchanged."""
     run = in_sandbox(
         "for target in /work/app/readme.md /work/new.txt /work/app/new.py /usr/evil /etc/passwd; do "
@@ -145,6 +149,18 @@ except OSError as exc:
     assert int(written) <= 8 * MIB
 
 
+def test_flooding_stdout_is_cut_at_the_log_cap(in_sandbox: SandboxRunner) -> None:
+    """3 MB of output against a 1 MiB cap: the stream stops at the cap and says it was cut."""
+    seen: list[str] = []
+    run = in_sandbox("head -c 3000000 /dev/zero | tr '\\0' x; echo; echo END", on_log=seen.append)
+    outcome = run.run.outcome
+    assert outcome.exit_code == 0
+    assert outcome.log_truncated is True
+    assert sum(len(chunk) for chunk in seen) == MIB
+    assert len(outcome.log_tail) <= 64 * 1024
+    assert outcome.log_tail.rstrip().endswith("END")
+
+
 def test_sleeping_past_the_deadline_is_killed_and_removed(
     in_sandbox: SandboxRunner, docker_backend: DockerBackend
 ) -> None:
@@ -218,13 +234,26 @@ def test_inspected_sandbox_has_every_hardened_setting(in_sandbox: SandboxRunner)
     assert host["OomKillDisable"] in (None, False)
     assert not host.get("Sysctls")
     assert host["Runtime"] == "runc"
-    assert host["MaskedPaths"] and host["ReadonlyPaths"]
-    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "1", "max-size": str(MIB)}}
+    assert host["MaskedPaths"]
+    assert host["ReadonlyPaths"]
+    assert host["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-file": "1", "max-size": str(MIB)},
+    }
     assert host["Tmpfs"] == {
         "/tmp": f"rw,noexec,nosuid,nodev,size={8 * MIB},mode=1777",
         "/home/sandbox": f"rw,noexec,nosuid,nodev,size={4 * MIB},mode=1777",
     }
     assert config["User"] == "10001:10001"
+    assert run.run.image_id.startswith("sha256:")
+
+
+def test_inspected_sandbox_has_only_the_planned_mounts_and_its_labels(
+    in_sandbox: SandboxRunner,
+) -> None:
+    """docker inspect: binds are the plan's, rprivate, writable only where owned; labels identify the run."""
+    run = in_sandbox("true")
+    host, config = run.run.inspect["HostConfig"], run.run.inspect["Config"]
     assert config["WorkingDir"] == "/work"
     assert not any(key in env for env in config["Env"] for key in ("API_KEY", "TOKEN", "SECRET"))
     # 5.6, 5.20, 5.32: only the planned binds, rprivate, read-write only where owned; no docker.sock.
@@ -247,11 +276,14 @@ def test_inspected_sandbox_has_every_hardened_setting(in_sandbox: SandboxRunner)
     assert labels[LABEL_RUN] == run.run_id
     assert labels[LABEL_TASK] == "SBX-1"
     assert labels[TEST_LABEL] == "1"
-    assert run.run.image_id.startswith("sha256:")
 
 
 def test_sandbox_run_command_prints_output_and_exits_with_the_status(
-    sandbox_repo: Path, policies_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_backend: DockerBackend
+    sandbox_repo: Path,
+    policies_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    docker_backend: DockerBackend,
 ) -> None:
     """`taskbox sandbox run ... -- CMD` streams the command's output and exits with its status."""
     monkeypatch.setenv("TASKBOX_POLICIES_DIR", str(policies_dir))
@@ -261,8 +293,19 @@ def test_sandbox_run_command_prints_output_and_exits_with_the_status(
     result = CliRunner().invoke(
         cli,
         [
-            "sandbox", "run", str(task_file), "--repo", str(sandbox_repo), "--policy", "test",
-            "--label", f"{TEST_LABEL}=1", "--", "sh", "-c", "echo hello from $(id -un); exit 3",
+            "sandbox",
+            "run",
+            str(task_file),
+            "--repo",
+            str(sandbox_repo),
+            "--policy",
+            "test",
+            "--label",
+            f"{TEST_LABEL}=1",
+            "--",
+            "sh",
+            "-c",
+            "echo hello from $(id -un); exit 3",
         ],
     )
     assert result.exit_code == 3, result.output
@@ -282,7 +325,18 @@ def test_sandbox_run_command_refuses_an_invalid_plan(
     task_file = tmp_path / "task.json"
     task_file.write_text(json.dumps(task.to_wire()))
     result = CliRunner().invoke(
-        cli, ["sandbox", "run", str(task_file), "--repo", str(sandbox_repo), "--policy", "test", "--", "true"]
+        cli,
+        [
+            "sandbox",
+            "run",
+            str(task_file),
+            "--repo",
+            str(sandbox_repo),
+            "--policy",
+            "test",
+            "--",
+            "true",
+        ],
     )
     assert result.exit_code == 2
     assert "keys.secret" in result.stderr
@@ -290,7 +344,11 @@ def test_sandbox_run_command_refuses_an_invalid_plan(
 
 
 def test_cleanup_removes_containers_of_a_dead_controller(
-    docker_backend: DockerBackend, sandbox_repo: Path, policies_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    docker_backend: DockerBackend,
+    sandbox_repo: Path,
+    policies_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A created-but-abandoned sandbox is found by its labels and removed by `taskbox sandbox cleanup`."""
     container = docker_backend.client.containers.create(
@@ -307,12 +365,12 @@ def test_cleanup_removes_containers_of_a_dead_controller(
     try:
         found = docker_backend.find_orphans("dead-controller-test")
         assert [o.id for o in found] == [container.id]
-        result = CliRunner().invoke(cli, ["sandbox", "cleanup", "--controller", "dead-controller-test"])
+        result = CliRunner().invoke(
+            cli, ["sandbox", "cleanup", "--controller", "dead-controller-test"]
+        )
         assert result.exit_code == 0, result.output
         assert "removed" in result.stdout
         assert "orphan-run" in result.stdout
         assert docker_backend.find_orphans("dead-controller-test") == []
     finally:
-        docker_backend.client.api.remove_container(container.id, force=True) if docker_backend.find_orphans(
-            "dead-controller-test"
-        ) else None
+        docker_backend.remove_orphans("dead-controller-test")

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from taskbox_runner.verify.async_endpoints import check_async
 from taskbox_runner.verify.endpoints import ProjectTypes
+from taskbox_runner.verify.models import CheckOutcome
+
+from tests.runner.verify.conftest import Stage, Staged
 
 
-def _check(staged):
+def _check(staged: Staged) -> CheckOutcome:
     space = staged.space()
     return check_async(space, ProjectTypes.scan(space))
 
 
-def test_good_project_passes(stage):
+def test_good_project_passes(stage: Stage) -> None:
     """The known-good project's endpoints are async and await only async code."""
     outcome = _check(stage())
     assert outcome.passed, outcome.findings
 
 
-def test_blocking_code_is_reported(stage):
+def test_blocking_code_is_reported(stage: Stage) -> None:
     """A def endpoint, time.sleep, requests and a sync Session/query in async code are each reported."""
     outcome = _check(stage(overlay="bad_10_async"))
     assert not outcome.passed
@@ -30,7 +33,7 @@ def test_blocking_code_is_reported(stage):
     ]
 
 
-def test_unawaited_async_session_call_is_reported(stage):
+def test_unawaited_async_session_call_is_reported(stage: Stage) -> None:
     """Calling AsyncSession.execute without await is reported; awaited calls pass."""
     staged = stage()
     staged.write(

@@ -9,8 +9,10 @@ from taskbox_runner.verify.contract import (
     shape_differences,
 )
 
+from tests.runner.verify.conftest import Stage
 
-def test_good_project_matches_its_contract(stage):
+
+def test_good_project_matches_its_contract(stage: Stage) -> None:
     """The known-good app serves exactly its contract (path parameter names may differ)."""
     staged = stage()
     outcome = check_contract(staged.space(), "fastapi", "openapi.yaml", staged.scratch_dir)
@@ -18,14 +20,14 @@ def test_good_project_matches_its_contract(stage):
     assert outcome.verdict == "app.main:app serves the 3 operation(s) of openapi.yaml as specified"
 
 
-def test_no_contract_is_not_applicable():
+def test_no_contract_is_not_applicable() -> None:
     """Without an OpenAPI path the check passes with the evidence 'no contract'."""
     outcome = check_contract(None, "fastapi", None, None)  # type: ignore[arg-type]
     assert outcome.passed
     assert outcome.to_report().evidence == ["no contract"]
 
 
-def test_mismatched_contract_lists_missing_extra_and_mismatched(stage):
+def test_mismatched_contract_lists_missing_extra_and_mismatched(stage: Stage) -> None:
     """Missing DELETE, extra GET /users, 201 vs 200, an extra required field and id types are each reported."""
     staged = stage(overlay="bad_06_contract")
     outcome = check_contract(staged.space(), "fastapi", "openapi.yaml", staged.scratch_dir)
@@ -40,7 +42,7 @@ def test_mismatched_contract_lists_missing_extra_and_mismatched(stage):
     ]
 
 
-def test_app_that_fails_to_import_is_reported(stage):
+def test_app_that_fails_to_import_is_reported(stage: Stage) -> None:
     """An app module that raises on import fails the check with the error's last line."""
     staged = stage()
     main = staged.workdir / "app/main.py"
@@ -54,14 +56,14 @@ def test_app_that_fails_to_import_is_reported(stage):
     ]
 
 
-def test_app_is_found_in_app_main(stage):
+def test_app_is_found_in_app_main(stage: Stage) -> None:
     """The module-level FastAPI() in app/main.py is the app."""
     app = find_fastapi_app(stage().space())
     assert app is not None
     assert (app.rel, app.line, app.target) == ("app/main.py", 7, "app.main:app")
 
 
-def test_schema_shapes_ignore_nullability_and_titles():
+def test_schema_shapes_ignore_nullability_and_titles() -> None:
     """Optional fields (anyOf with null) and titles do not make a difference; types do."""
     served = {"anyOf": [{"type": "string", "title": "Name"}, {"type": "null"}]}
     contract = {"type": "string", "nullable": True}

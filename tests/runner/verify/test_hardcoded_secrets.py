@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from taskbox_runner.verify.hardcoded_secrets import check_secrets
 
+from tests.runner.verify.conftest import Stage
 
-def test_good_project_passes(stage):
+
+def test_good_project_passes(stage: Stage) -> None:
     """The known-good project holds no secrets, though its tests post made-up e-mails."""
     space, ruff = stage().ruff()
     outcome = check_secrets(space, ruff)
     assert outcome.passed, outcome.findings
 
 
-def test_bad_project_is_caught_with_locations(stage):
+def test_bad_project_is_caught_with_locations(stage: Stage) -> None:
     """A password constant, an AWS key, a default password and an allowlisted token are all reported."""
     space, ruff = stage(overlay="bad_02_secrets").ruff()
     outcome = check_secrets(space, ruff)
@@ -32,12 +34,12 @@ def test_bad_project_is_caught_with_locations(stage):
     assert any(r.startswith("app/settings.py:11: S107 ") for r in rendered)
 
 
-def test_made_up_passwords_in_tests_pass_but_real_tokens_do_not(stage):
+def test_made_up_passwords_in_tests_pass_but_real_tokens_do_not(stage: Stage) -> None:
     """Tests may carry fixture passwords; a token with a known shape is still caught there."""
     staged = stage()
     staged.write(
         "tests/test_login.py",
-        'def test_login():\n    password = "s3cret-for-tests"\n    assert password\n',
+        'def test_login() -> None:\n    password = "s3cret-for-tests"\n    assert password\n',
     )
     space, ruff = staged.ruff()
     assert check_secrets(space, ruff).passed

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from taskbox_runner.verify import verify
 
+from tests.runner.verify.conftest import Stage
+
 DATA = Path(__file__).parent / "data"
 
 SKIP_ALL = """
@@ -23,13 +25,13 @@ def pytest_collection_modifyitems(items):
 """
 
 
-def _junit_counts(path):
-    suite = ET.parse(path).getroot().find("testsuite")
+def _junit_counts(path: Path) -> dict[str, int]:
+    suite = ET.parse(path).getroot().find("testsuite")  # noqa: S314 - pytest's junit in tmp_path
     assert suite is not None
     return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
 
 
-def test_good_project_passes_all_ten(stage):
+def test_good_project_passes_all_ten(stage: Stage) -> None:
     """The known-good project passes every constraint; the counts are junit's and coverage's own."""
     staged = stage()
     report = verify(staged.context())
@@ -50,16 +52,18 @@ def test_good_project_passes_all_ten(stage):
 
 
 @pytest.mark.parametrize(
-    ("project", "owns", "package", "omit"),
+    "case",
     [
         ("public_fastapi", "app_b_an/", "app_b_an", "*/test_main.py"),
         ("good_fastapi", "app/", "app", "*/tests/*"),
     ],
+    ids=["public_fastapi", "good_fastapi"],
 )
 def test_numbers_equal_pytest_and_coverage_run_by_hand(
-    stage, tmp_path, project, owns, package, omit
-):
+    stage: Stage, tmp_path: Path, case: tuple[str, str, str, str]
+) -> None:
     """On a project nobody here wrote (and on ours), test and coverage numbers equal a plain pytest --cov run."""
+    project, owns, package, omit = case
     staged = stage(project)
     report = verify(staged.context(owns=[owns, "tests/"], openapi_path=None))
     by_hand = tmp_path / "by-hand"
@@ -97,7 +101,7 @@ def test_numbers_equal_pytest_and_coverage_run_by_hand(
     assert results.coverage_percent == percent
 
 
-def test_public_project_constraints(stage):
+def test_public_project_constraints(stage: Stage) -> None:
     """The public example passes its tests but hard-codes its token and leaves returns unannotated."""
     report = verify(stage("public_fastapi").context(owns=["app_b_an/"], openapi_path=None))
     failed = {c.id for c in report.constraints if not c.passed}
@@ -109,7 +113,7 @@ def test_public_project_constraints(stage):
     )
 
 
-def test_conftest_that_skips_every_test_is_not_a_pass(stage):
+def test_conftest_that_skips_every_test_is_not_a_pass(stage: Stage) -> None:
     """A model-edited conftest.py skipping every test fails the report and is named in the warnings."""
     staged = stage()
     staged.write("tests/conftest.py", (staged.workdir / "tests/conftest.py").read_text() + SKIP_ALL)
@@ -133,7 +137,7 @@ def test_conftest_that_skips_every_test_is_not_a_pass(stage):
     (1, "sql"), (2, "secrets"), (3, "hints"), (4, "coverage"), (5, "tests"),
     (6, "contract"), (7, "pydantic"), (8, "print"), (9, "ruff"), (10, "async"),
 ]])  # fmt: skip
-def test_each_bad_project_fails_its_own_constraint(stage, overlay):
+def test_each_bad_project_fails_its_own_constraint(stage: Stage, overlay: str) -> None:
     """verify() fails constraint NN on the bad_NN overlay and says where in the evidence."""
     number = int(overlay.split("_")[1])
     report = verify(stage(overlay=overlay).context())
@@ -144,7 +148,7 @@ def test_each_bad_project_fails_its_own_constraint(stage, overlay):
     assert all(":" in line for line in constraint.evidence[1:])
 
 
-def test_feedback_is_deterministic_and_free_of_tmp_paths(stage):
+def test_feedback_is_deterministic_and_free_of_tmp_paths(stage: Stage) -> None:
     """Two runs give the same feedback; it names files relative to the repo and cuts at the limit."""
     staged = stage(overlay="bad_01_sql")
     first = verify(staged.context()).feedback()
@@ -161,7 +165,7 @@ def test_feedback_is_deterministic_and_free_of_tmp_paths(stage):
     assert short.endswith("more lines not shown")
 
 
-def test_missing_base_index_is_a_warning(stage):
+def test_missing_base_index_is_a_warning(stage: Stage) -> None:
     """Without base_tests the report warns that removed tests were not checked."""
     staged = stage()
     context = staged.context().model_copy(update={"base_tests": None})

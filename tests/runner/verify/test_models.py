@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 from taskbox_runner.verify.models import CheckOutcome, Finding, VerificationReport, VerifyContext
@@ -9,10 +11,10 @@ from taskbox_runner.verify.models import CheckOutcome, Finding, VerificationRepo
 from controller.contract import TestResults
 
 
-def _report(failing: dict[int, list[Finding]], warnings=()):
-    outcomes = [
-        CheckOutcome(n, f"verdict {n}", failing.get(n, [])) for n in range(1, 11)
-    ]
+def _report(
+    failing: dict[int, list[Finding]], warnings: tuple[str, ...] = ()
+) -> VerificationReport:
+    outcomes = [CheckOutcome(n, f"verdict {n}", failing.get(n, [])) for n in range(1, 11)]
     return VerificationReport(
         framework="fastapi",
         test_results=TestResults(total=3, passed=2, failed=1, skipped=0, coverage_percent=81.25),
@@ -21,10 +23,11 @@ def _report(failing: dict[int, list[Finding]], warnings=()):
     )
 
 
-def test_feedback_has_a_summary_per_check_then_failed_details():
+def test_feedback_has_a_summary_per_check_then_failed_details() -> None:
     """Ten summary lines in id order, then the failed checks' findings, then warnings."""
     report = _report(
-        {5: [Finding("tests/test_a.py", 4, "TB0501", "test_a failed: /work/app/x.py boom")]}, ["w1"]
+        {5: [Finding("tests/test_a.py", 4, "TB0501", "test_a failed: /work/app/x.py boom")]},
+        ("w1",),
     )
     assert not report.passed
     assert report.feedback().splitlines() == [
@@ -46,7 +49,7 @@ def test_feedback_has_a_summary_per_check_then_failed_details():
     ]
 
 
-def test_findings_are_sorted_deduplicated_and_capped():
+def test_findings_are_sorted_deduplicated_and_capped() -> None:
     """Evidence is the verdict then sorted unique findings, with a count past the cap."""
     findings = [Finding("a.py", n, "R1", "m") for n in range(100, 0, -1)] + [
         Finding("a.py", 1, "R1", "m")
@@ -58,7 +61,7 @@ def test_findings_are_sorted_deduplicated_and_capped():
     assert len(evidence) == 62
 
 
-def test_feedback_is_cut_at_the_limit():
+def test_feedback_is_cut_at_the_limit() -> None:
     """A long report keeps whole lines and says how many were left out."""
     report = _report({9: [Finding("a.py", n, "E501", "x" * 50) for n in range(1, 60)]})
     text = report.feedback(limit=1500)
@@ -66,13 +69,13 @@ def test_feedback_is_cut_at_the_limit():
     assert text.splitlines()[-1].endswith("more lines not shown")
 
 
-def test_report_needs_exactly_ten_constraints():
+def test_report_needs_exactly_ten_constraints() -> None:
     """Fewer than ten constraints is refused."""
     with pytest.raises(ValidationError):
         VerificationReport(framework="unknown", test_results=TestResults(), constraints=[])
 
 
-def test_context_refuses_unknown_fields(tmp_path):
+def test_context_refuses_unknown_fields(tmp_path: Path) -> None:
     """The context is a strict boundary model."""
     with pytest.raises(ValidationError):
         VerifyContext(workdir=tmp_path, owns_paths=[], scratch_dir=tmp_path, surprise=1)  # type: ignore[call-arg]

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from taskbox_runner.verify.endpoints import ProjectTypes
+from taskbox_runner.verify.models import CheckOutcome, Framework
 from taskbox_runner.verify.pydantic_bodies import check_request_validation
 
+from tests.runner.verify.conftest import Stage, Staged
 
-def _check(staged, framework="fastapi"):
+
+def _check(staged: Staged, framework: Framework = "fastapi") -> CheckOutcome:
     space = staged.space()
     return check_request_validation(space, framework, ProjectTypes.scan(space))
 
 
-def test_good_project_passes(stage):
+def test_good_project_passes(stage: Stage) -> None:
     """Every body of the known-good project is a BaseModel subclass (aliases like StoreDep are dependencies)."""
     outcome = _check(stage())
     assert outcome.passed, outcome.findings
     assert outcome.verdict == "every body of 3 FastAPI endpoint(s) is a pydantic model"
 
 
-def test_unvalidated_bodies_are_reported(stage):
+def test_unvalidated_bodies_are_reported(stage: Stage) -> None:
     """dict, Any and dataclass bodies, request.json() by hand and pydantic v1 validator are each reported."""
     outcome = _check(stage(overlay="bad_07_pydantic"))
     assert not outcome.passed
@@ -31,7 +34,7 @@ def test_unvalidated_bodies_are_reported(stage):
     ]
 
 
-def test_django_view_without_serializer_is_reported(stage):
+def test_django_view_without_serializer_is_reported(stage: Stage) -> None:
     """A DRF view reading request.data without a serializer fails; one using a serializer passes."""
     staged = stage()
     staged.write(

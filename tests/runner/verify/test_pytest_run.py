@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from taskbox_runner.verify.pytest_run import (
+    PytestRun,
     base_pytest_settings,
     installed_plugins,
     read_junit,
@@ -10,8 +14,10 @@ from taskbox_runner.verify.pytest_run import (
     write_harness_ini,
 )
 
+from tests.runner.verify.conftest import Stage, Staged
 
-def _run(staged):
+
+def _run(staged: Staged) -> PytestRun:
     return run_pytest(
         staged.space(),
         base_config_dir=staged.base_config_dir,
@@ -20,7 +26,9 @@ def _run(staged):
     )
 
 
-def test_model_pytest_config_cannot_switch_tests_or_coverage_off(stage, monkeypatch):
+def test_model_pytest_config_cannot_switch_tests_or_coverage_off(
+    stage: Stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A model pytest.ini/addopts, a .coveragerc omitting everything and PYTEST_ADDOPTS change nothing."""
     staged = stage()
     staged.write(
@@ -39,7 +47,7 @@ def test_model_pytest_config_cannot_switch_tests_or_coverage_off(stage, monkeypa
     assert "app/api/users.py" in run.coverage.missing
 
 
-def test_base_settings_carry_only_safe_keys(tmp_path, stage):
+def test_base_settings_carry_only_safe_keys(tmp_path: Path, stage: Stage) -> None:
     """Of the base [tool.pytest.ini_options], testpaths and asyncio_mode are used and addopts is dropped."""
     staged = stage()
     base = base_pytest_settings(staged.base_config_dir)
@@ -51,14 +59,14 @@ def test_base_settings_carry_only_safe_keys(tmp_path, stage):
     assert f"pythonpath = \n    {staged.workdir}" in text
 
 
-def test_plugins_are_an_allowlist():
+def test_plugins_are_an_allowlist() -> None:
     """Only allowlisted plugins are loaded, pytest-cov always among them on this machine."""
     plugins = installed_plugins()
     assert "pytest_cov" in plugins
     assert set(plugins) <= {"pytest_cov", "anyio", "asyncio", "django", "pytest_mock", "mock"}
 
 
-def test_missing_junit_is_none(tmp_path):
+def test_missing_junit_is_none(tmp_path: Path) -> None:
     """An absent or broken junit file reads as None, not as zero tests passed."""
     assert read_junit(tmp_path / "absent.xml") is None
     (tmp_path / "bad.xml").write_text("<testsuites><testsuite")

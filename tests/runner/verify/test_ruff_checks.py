@@ -9,8 +9,10 @@ from taskbox_runner.verify.ruff_checks import (
     noqa_warnings,
 )
 
+from tests.runner.verify.conftest import Stage
 
-def test_good_project_passes_all_three(stage):
+
+def test_good_project_passes_all_three(stage: Stage) -> None:
     """The known-good project is annotated, print-free and clean under its own ruff config."""
     space, ruff = stage().ruff()
     assert ruff.error is None
@@ -19,7 +21,7 @@ def test_good_project_passes_all_three(stage):
         assert outcome.passed, outcome.findings
 
 
-def test_missing_annotations_are_reported(stage):
+def test_missing_annotations_are_reported(stage: Stage) -> None:
     """Unannotated parameters and returns are reported with their ANN rule."""
     space, ruff = stage(overlay="bad_03_hints").ruff()
     outcome = check_type_hints(space, ruff)
@@ -37,7 +39,7 @@ def test_missing_annotations_are_reported(stage):
     assert any(r.startswith("app/pagination.py:16: ANN201 ") for r in rendered)
 
 
-def test_tests_need_no_annotations(stage):
+def test_tests_need_no_annotations(stage: Stage) -> None:
     """Test functions are outside constraint 3 (the project's own rules still cover them in 9)."""
     staged = stage()
     staged.write("tests/test_more.py", "def test_x(client):\n    assert client\n")
@@ -45,7 +47,7 @@ def test_tests_need_no_annotations(stage):
     assert check_type_hints(space, ruff).passed
 
 
-def test_print_is_reported(stage):
+def test_print_is_reported(stage: Stage) -> None:
     """print and pprint in owned code are reported with T201/T203."""
     space, ruff = stage(overlay="bad_08_print").ruff()
     outcome = check_no_print(space, ruff)
@@ -56,7 +58,7 @@ def test_print_is_reported(stage):
     ]
 
 
-def test_noqa_does_not_hide_harness_rules(stage):
+def test_noqa_does_not_hide_harness_rules(stage: Stage) -> None:
     """A '# noqa: T201' the model adds still fails constraint 8 and raises a warning."""
     staged = stage()
     staged.write(
@@ -69,7 +71,7 @@ def test_noqa_does_not_hide_harness_rules(stage):
     ]
 
 
-def test_ruff_findings_under_the_project_rules(stage):
+def test_ruff_findings_under_the_project_rules(stage: Stage) -> None:
     """Unused import, == None and unsorted imports fail 9; a '# noqa: F841' naming the rule is honoured."""
     space, ruff = stage(overlay="bad_09_ruff").ruff()
     outcome = check_ruff_clean(space, ruff)
@@ -79,7 +81,7 @@ def test_ruff_findings_under_the_project_rules(stage):
     assert outcome.verdict.endswith("under base pyproject.toml")
 
 
-def test_harness_rules_count_for_9_only_when_the_project_selects_them(stage):
+def test_harness_rules_count_for_9_only_when_the_project_selects_them(stage: Stage) -> None:
     """A print fails 9 when the project selects T20, and not when it does not."""
     staged = stage(overlay="bad_08_print")
     space, ruff = staged.ruff()
@@ -91,7 +93,7 @@ def test_harness_rules_count_for_9_only_when_the_project_selects_them(stage):
     assert not check_no_print(space, ruff).passed
 
 
-def test_default_rules_without_a_project_config(stage):
+def test_default_rules_without_a_project_config(stage: Stage) -> None:
     """With no ruff config at the base, the harness default (E, F, W, I, UP, B) applies."""
     staged = stage(overlay="bad_09_ruff")
     (staged.base_config_dir / "pyproject.toml").unlink()
@@ -101,7 +103,7 @@ def test_default_rules_without_a_project_config(stage):
     assert {f.rule for f in outcome.findings} >= {"F401", "E711"}
 
 
-def test_a_ruff_config_the_model_writes_is_ignored(stage):
+def test_a_ruff_config_the_model_writes_is_ignored(stage: Stage) -> None:
     """A ruff.toml the model writes into app/ (ignore everything) changes nothing."""
     staged = stage(overlay="bad_09_ruff")
     staged.write("app/ruff.toml", '[lint]\nignore = ["ALL"]\n')

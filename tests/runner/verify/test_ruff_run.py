@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from taskbox_runner.verify.ruff_run import RuleSelection, noqa_codes, project_ruff_config
 
@@ -27,7 +29,7 @@ from taskbox_runner.verify.ruff_run import RuleSelection, noqa_codes, project_ru
         ({"select": ["S"], "extend-ignore": ["S105"]}, "S105", False),
     ],
 )
-def test_rule_selection(table, code, enabled):
+def test_rule_selection(table: dict[str, list[str]], code: str, enabled: bool) -> None:
     """A code is on when the most specific matching selector selects it (ignore wins a tie)."""
     assert RuleSelection.from_lint_table(table).enables(code) is enabled
 
@@ -41,12 +43,12 @@ def test_rule_selection(table, code, enabled):
         ("x = 1  # NOQA:E501,F401", {"E501", "F401"}),
     ],
 )
-def test_noqa_codes(line, codes):
+def test_noqa_codes(line: str, codes: set[str] | None) -> None:
     """Blanket and coded noqa comments are told apart."""
     assert noqa_codes(line) == codes
 
 
-def test_project_config_prefers_ruff_toml(tmp_path):
+def test_project_config_prefers_ruff_toml(tmp_path: Path) -> None:
     """ruff.toml wins over pyproject.toml; a pyproject without [tool.ruff] is no ruff config."""
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     assert project_ruff_config(tmp_path) == (None, {})

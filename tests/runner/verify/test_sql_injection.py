@@ -7,12 +7,14 @@ import ast
 import pytest
 from taskbox_runner.verify.sql_injection import check_sql_injection, find_sql_building
 
+from tests.runner.verify.conftest import Stage
+
 
 def _found(source: str) -> list[str]:
     return [f.message for f in find_sql_building("m.py", ast.parse(source))]
 
 
-def test_good_project_passes(stage):
+def test_good_project_passes(stage: Stage) -> None:
     """The known-good project has no SQL built from strings."""
     space, ruff = stage().ruff()
     outcome = check_sql_injection(space, ruff)
@@ -20,7 +22,7 @@ def test_good_project_passes(stage):
     assert outcome.findings == []
 
 
-def test_bad_project_is_caught_with_locations(stage):
+def test_bad_project_is_caught_with_locations(stage: Stage) -> None:
     """f-string, concatenation and % SQL are each reported at their line, with the rule."""
     space, ruff = stage(overlay="bad_01_sql").ruff()
     outcome = check_sql_injection(space, ruff)
@@ -29,13 +31,15 @@ def test_bad_project_is_caught_with_locations(stage):
     assert rendered == [
         "app/reports.py:11: S608 Possible SQL injection vector through string-based query construction",
         "app/reports.py:16: S608 Possible SQL injection vector through string-based query construction",
-        "app/reports.py:17: TB0101 SQL built with string concatenation reaches execute(); "
-        "pass values as bound parameters or use the ORM",
+        (
+            "app/reports.py:17: TB0101 SQL built with string concatenation reaches execute(); "
+            "pass values as bound parameters or use the ORM"
+        ),
         "app/reports.py:22: S608 Possible SQL injection vector through string-based query construction",
     ]
 
 
-def test_ast_pass_alone_catches_what_ruff_misses(stage):
+def test_ast_pass_alone_catches_what_ruff_misses(stage: Stage) -> None:
     """Without ruff's S608 the AST pass still reports each sink (ruff's per-file ignores cannot hide it)."""
     staged = stage(overlay="bad_01_sql")
     space = staged.space()
@@ -63,7 +67,7 @@ def test_ast_pass_alone_catches_what_ruff_misses(stage):
         ("RawSQL('a = ' + b, [])", "string concatenation"),
     ],
 )
-def test_dynamic_sql_shapes(source, how):
+def test_dynamic_sql_shapes(source: str, how: str) -> None:
     """Each way of building SQL from values is named in the finding."""
     messages = _found(source)
     assert len(messages) == 1
@@ -80,6 +84,6 @@ def test_dynamic_sql_shapes(source, how):
         "logger.info('count: ' + str(n))",
     ],
 )
-def test_parameterised_sql_is_not_flagged(source):
+def test_parameterised_sql_is_not_flagged(source: str) -> None:
     """Constant SQL with bound parameters, and strings that never reach a sink, pass."""
     assert _found(source) == []

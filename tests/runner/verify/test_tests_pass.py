@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from taskbox_runner.verify.models import CheckOutcome
 from taskbox_runner.verify.pytest_run import JunitCase, run_pytest
 from taskbox_runner.verify.suite_index import index_test_lines
 from taskbox_runner.verify.tests_pass import check_tests, locate_case
+
+from tests.runner.verify.conftest import Stage, Staged
 
 SKIP_ALL = """
 
@@ -21,7 +24,7 @@ def pytest_collection_modifyitems(config, items):
 """
 
 
-def _check(staged):
+def _check(staged: Staged) -> CheckOutcome:
     space = staged.space()
     tests = run_pytest(
         space, base_config_dir=staged.base_config_dir, scratch_dir=staged.scratch_dir, timeout=120
@@ -35,7 +38,7 @@ def _check(staged):
     )
 
 
-def test_good_project_passes(stage):
+def test_good_project_passes(stage: Stage) -> None:
     """All five tests of the known-good project run and pass."""
     outcome = _check(stage())
     assert outcome.passed, outcome.findings
@@ -45,7 +48,7 @@ def test_good_project_passes(stage):
     )
 
 
-def test_failing_test_is_reported_at_its_definition(stage):
+def test_failing_test_is_reported_at_its_definition(stage: Stage) -> None:
     """A failing test is reported with file, line, test id and the assertion."""
     outcome = _check(stage(overlay="bad_05_tests"))
     assert not outcome.passed
@@ -54,7 +57,7 @@ def test_failing_test_is_reported_at_its_definition(stage):
     ]
 
 
-def test_conftest_that_skips_everything_fails(stage):
+def test_conftest_that_skips_everything_fails(stage: Stage) -> None:
     """A conftest.py the model edits to skip every test fails: no test ran, and each skip is the model's."""
     staged = stage()
     conftest = staged.workdir / "tests/conftest.py"
@@ -70,7 +73,7 @@ def test_conftest_that_skips_everything_fails(stage):
     )
 
 
-def test_conftest_that_deselects_everything_fails(stage):
+def test_conftest_that_deselects_everything_fails(stage: Stage) -> None:
     """Deselecting every test leaves them 'defined but not run', and no test ran."""
     staged = stage()
     conftest = staged.workdir / "tests/conftest.py"
@@ -82,12 +85,12 @@ def test_conftest_that_deselects_everything_fails(stage):
     assert "TB0503" in rules
 
 
-def test_skip_in_a_test_the_model_wrote_fails(stage):
+def test_skip_in_a_test_the_model_wrote_fails(stage: Stage) -> None:
     """A skip marker in a test file the model changed is the model's skip."""
     staged = stage()
     staged.write(
         "tests/test_later.py",
-        "import pytest\n\n\n@pytest.mark.skip(reason='todo')\ndef test_later():\n    assert False\n",
+        "import pytest\n\n\n@pytest.mark.skip(reason='todo')\ndef test_later() -> None:\n    assert False\n",
     )
     outcome = _check(staged)
     assert not outcome.passed
@@ -96,7 +99,7 @@ def test_skip_in_a_test_the_model_wrote_fails(stage):
     ]
 
 
-def test_removed_test_fails(stage):
+def test_removed_test_fails(stage: Stage) -> None:
     """A test present at the base and gone now is reported as removed."""
     staged = stage()
     path = staged.workdir / "tests/test_users.py"
@@ -113,7 +116,7 @@ def test_removed_test_fails(stage):
     ]
 
 
-def test_junit_cases_map_to_files_and_ids():
+def test_junit_cases_map_to_files_and_ids() -> None:
     """Junit classnames (dotted modules and classes) map back to test files and ids."""
     index = {"tests/test_a.py": {"test_x": 3, "TestB::test_y": 9}, "pkg/test_c.py": {}}
     assert locate_case(JunitCase("tests.test_a", "test_x[1-2]", "passed"), index) == (

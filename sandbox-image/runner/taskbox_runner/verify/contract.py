@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+import yaml
+
 from taskbox_runner.verify import openapi_dump
 from taskbox_runner.verify.endpoints import imports_module, last_name
 from taskbox_runner.verify.models import CheckOutcome, Finding, Framework
@@ -134,15 +136,14 @@ def load_contract(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     except ValueError:
         try:
-            import yaml
-        except ImportError as exc:
-            raise ValueError("the contract is not JSON and PyYAML is not installed") from exc
-        try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ValueError(f"the contract is neither JSON nor YAML: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("paths", {}), dict):
-        raise ValueError("the contract is not an OpenAPI document (no 'paths' object)")
+        # A malformed file, not a wrong argument: ValueError, as for any other unreadable contract.
+        raise ValueError(  # noqa: TRY004
+            "the contract is not an OpenAPI document (no 'paths' object)"
+        )
     return data
 
 
@@ -164,24 +165,11 @@ def schema_shape(schema: Any, doc: dict[str, Any], depth: int = 0) -> Shape:
         return {}
     if isinstance(schema.get("$ref"), str):
         return schema_shape(_resolve(doc, schema["$ref"]), doc, depth + 1)
-    for key in ("anyOf", "oneOf"):
-        variants = [v for v in schema.get(key, []) if not _is_null(v)]
-        if len(variants) == 1:
-            return schema_shape(variants[0], doc, depth + 1)
-        if variants:
-            shapes = [schema_shape(v, doc, depth + 1) for v in variants]
-            return {"variants": sorted(_summary(s) for s in shapes)}
+    union = _union_shape(schema, doc, depth)
+    if union is not None:
+        return union
     if schema.get("allOf"):
-        merged: dict[str, Any] = {"properties": {}, "required": []}
-        for part in schema["allOf"]:
-            resolved = (
-                _resolve(doc, part["$ref"]) if isinstance(part, dict) and "$ref" in part else part
-            )
-            if isinstance(resolved, dict):
-                merged["properties"].update(resolved.get("properties", {}))
-                merged["required"] += resolved.get("required", [])
-                merged.setdefault("type", resolved.get("type"))
-        schema = {**merged, **{k: v for k, v in schema.items() if k != "allOf"}}
+        schema = _merge_all_of(schema, doc)
     shape: Shape = {}
     types = schema.get("type")
     type_set = {types} if isinstance(types, str) else set(types or [])
@@ -203,6 +191,32 @@ def schema_shape(schema: Any, doc: dict[str, Any], depth: int = 0) -> Shape:
     return shape
 
 
+def _union_shape(schema: dict[str, Any], doc: dict[str, Any], depth: int) -> Shape | None:
+    """``anyOf``/``oneOf``: one non-null variant is that variant (optional fields); more stay a union."""
+    for key in ("anyOf", "oneOf"):
+        variants = [v for v in schema.get(key, []) if not _is_null(v)]
+        if len(variants) == 1:
+            return schema_shape(variants[0], doc, depth + 1)
+        if variants:
+            return {"variants": sorted(_summary(schema_shape(v, doc, depth + 1)) for v in variants)}
+    return None
+
+
+def _merge_all_of(schema: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+    """``allOf`` parts folded into one object schema (properties and required unioned)."""
+    merged: dict[str, Any] = {"properties": {}, "required": []}
+    for part in schema["allOf"]:
+        resolved = (
+            _resolve(doc, part["$ref"]) if isinstance(part, dict) and "$ref" in part else part
+        )
+        if isinstance(resolved, dict):
+            merged["properties"].update(resolved.get("properties", {}))
+            merged["required"] += resolved.get("required", [])
+            if resolved.get("type"):
+                merged.setdefault("type", resolved["type"])
+    return {**merged, **{k: v for k, v in schema.items() if k != "allOf"}}
+
+
 def _is_null(schema: Any) -> bool:
     return isinstance(schema, dict) and schema.get("type") == "null"
 
@@ -222,39 +236,41 @@ def shape_differences(contract: Shape, served: Shape, where: str) -> list[str]:
         return []
     if not served:
         return [f"{where}: the app declares no schema (contract: {_summary(contract)})"]
-    out = []
     if "variants" in contract or "variants" in served:
-        if _summary(contract) != _summary(served):
-            out.append(
-                f"{where}: {_summary(served)} in the app, {_summary(contract)} in the contract"
-            )
-        return out
+        if _summary(contract) == _summary(served):
+            return []
+        return [f"{where}: {_summary(served)} in the app, {_summary(contract)} in the contract"]
     if contract.get("type") and served.get("type") and contract["type"] != served["type"]:
         return [
             f"{where}: type {_summary(served)} in the app, {_summary(contract)} in the contract"
         ]
+    out = []
     if "properties" in contract and "properties" in served:
-        c_props, s_props = contract["properties"], served["properties"]
-        out += [
-            f"{where}: property '{n}' is missing in the app"
-            for n in sorted(set(c_props) - set(s_props))
-        ]
-        out += [
-            f"{where}: property '{n}' is not in the contract"
-            for n in sorted(set(s_props) - set(c_props))
-        ]
-        for name in sorted(set(c_props) & set(s_props)):
-            out += shape_differences(c_props[name], s_props[name], f"{where}.{name}")
-        if contract["required"] != served["required"]:
-            out.append(
-                f"{where}: required {list(served['required'])} in the app, "
-                f"{list(contract['required'])} in the contract"
-            )
+        out += _property_differences(contract, served, where)
     if "items" in contract and "items" in served:
         out += shape_differences(contract["items"], served["items"], f"{where}[]")
     if "enum" in contract and "enum" in served and contract["enum"] != served["enum"]:
         out.append(
             f"{where}: enum {list(served['enum'])} in the app, {list(contract['enum'])} in the contract"
+        )
+    return out
+
+
+def _property_differences(contract: Shape, served: Shape, where: str) -> list[str]:
+    c_props, s_props = contract["properties"], served["properties"]
+    out = [
+        f"{where}: property '{n}' is missing in the app"
+        for n in sorted(set(c_props) - set(s_props))
+    ]
+    out += [
+        f"{where}: property '{n}' is not in the contract"
+        for n in sorted(set(s_props) - set(c_props))
+    ]
+    for name in sorted(set(c_props) & set(s_props)):
+        out += shape_differences(c_props[name], s_props[name], f"{where}.{name}")
+    if contract["required"] != served["required"]:
+        out.append(
+            f"{where}: required {list(served['required'])} in the app, {list(contract['required'])} in the contract"
         )
     return out
 
@@ -450,8 +466,8 @@ def check_contract(
     if app is None:
         if framework in ("django", "flask"):
             return CheckOutcome(
-            6,
-            f"not checked: comparing a {framework} app with the contract is not supported yet",
+                6,
+                f"not checked: comparing a {framework} app with the contract is not supported yet",
             )
         return CheckOutcome(
             6,

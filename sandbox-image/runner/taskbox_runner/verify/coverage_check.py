@@ -35,9 +35,12 @@ def line_ranges(lines: list[int]) -> str:
 
 def check_coverage(space: Workspace, tests: PytestRun, threshold: float) -> CheckOutcome:
     """Passed when the owned source's total line coverage is at least ``threshold``."""
+    name = f"Test coverage >= {threshold:g}%"
     source = space.owned_source
     if not source:
-        return CheckOutcome(4, "not applicable: the task owns no Python source besides tests")
+        return CheckOutcome(
+            4, "not applicable: the task owns no Python source besides tests", name=name
+        )
     report = tests.coverage
     if report is None:
         why = (
@@ -48,36 +51,32 @@ def check_coverage(space: Workspace, tests: PytestRun, threshold: float) -> Chec
             4,
             f"coverage not measured: {why}",
             [Finding(source[0], 1, RULE_NOT_MEASURED, why)],
+            name=name,
         )
     percent = report.percent_covered
-    passed = percent >= threshold
+    below = percent < threshold
     findings = []
-    if not passed:
-        for rel, missing in sorted(report.missing.items()):
-            if missing:
-                findings.append(
-                    Finding(
-                        rel,
-                        missing[0],
-                        RULE_UNCOVERED,
-                        f"{report.percent_by_file.get(rel, 0.0):.2f}% covered; lines never run: "
-                        f"{line_ranges(missing)}",
-                    )
-                )
-    measured = set(report.missing)
-    findings += [
+    if below:
+        findings = [
+            Finding(
+                rel,
+                missing[0],
+                RULE_UNCOVERED,
+                f"{report.percent_by_file.get(rel, 0.0):.2f}% covered; lines never run: {line_ranges(missing)}",
+            )
+            for rel, missing in sorted(report.missing.items())
+            if missing
+        ] or [Finding(source[0], 1, RULE_UNCOVERED, f"total coverage {percent:.2f}%")]
+    # A never-imported module in a folder without __init__.py escapes coverage's totals.
+    unmeasured = [
         Finding(rel, 1, RULE_NOT_MEASURED, "owned source file missing from the coverage report")
         for rel in source
-        if rel not in measured and space.text(rel).strip() and not rel.endswith("__init__.py")
+        if rel not in report.missing and space.text(rel).strip() and not rel.endswith("__init__.py")
     ]
-    comparison = ">=" if passed else "<"
     verdict = (
-        f"{percent:.2f}% {comparison} {threshold:.2f}% line coverage of owned source "
+        f"{percent:.2f}% {'<' if below else '>='} {threshold:.2f}% line coverage of owned source "
         f"({report.num_statements} statements, coverage JSON totals)"
     )
-    unmeasured = sum(f.rule == RULE_NOT_MEASURED for f in findings)
     if unmeasured:
-        # A never-imported module outside a package escapes coverage's totals; it is not "covered".
-        passed = False
-        verdict += f"; {unmeasured} owned file(s) never imported or measured"
-    return CheckOutcome(4, verdict, findings, name=f"Test coverage >= {threshold:g}%")
+        verdict += f"; {len(unmeasured)} owned file(s) never imported or measured"
+    return CheckOutcome(4, verdict, findings + unmeasured, name=name)

@@ -41,7 +41,7 @@ def settings_module(space: Workspace, manage_py: str) -> str | None:
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr == "setdefault"
-            and len(node.args) == 2
+            and len(node.args) == 2  # noqa: PLR2004 -- setdefault(key, value)
             and isinstance(node.args[0], ast.Constant)
             and node.args[0].value == "DJANGO_SETTINGS_MODULE"
             and isinstance(node.args[1], ast.Constant)

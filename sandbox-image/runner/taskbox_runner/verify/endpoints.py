@@ -22,6 +22,8 @@ MODEL_ROOTS = frozenset({"BaseModel", "RootModel", "SQLModel", "GenericModel"})
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 _TYPE_ALIAS: type[ast.stmt] | None = getattr(ast, "TypeAlias", None)
+#: Aliases and ``Annotated`` layers unwrapped before giving up (guards alias cycles).
+MAX_ALIAS_DEPTH = 10
 
 
 @dataclass(frozen=True)
@@ -102,18 +104,8 @@ class ProjectTypes:
             for node in tree.body:
                 if isinstance(node, ast.ClassDef):
                     bases.setdefault(node.name, set()).update(last_name(b) for b in node.bases)
-                elif isinstance(node, ast.Assign) and len(node.targets) == 1:
-                    target = node.targets[0]
-                    if isinstance(target, ast.Name) and _looks_like_type(node.value):
-                        aliases[target.id] = node.value
-                elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                    if last_name(node.annotation) == "TypeAlias" and node.value is not None:
-                        aliases[node.target.id] = node.value
-                elif _TYPE_ALIAS is not None and isinstance(node, _TYPE_ALIAS):
-                    # ``type X = ...`` (3.12+); absent from the 3.11 ast module.
-                    name, value = getattr(node, "name", None), getattr(node, "value", None)
-                    if isinstance(name, ast.Name) and isinstance(value, ast.expr):
-                        aliases[name.id] = value
+                else:
+                    aliases.update(_alias(node))
         models: set[str] = set()
         changed = True
         while changed:
@@ -129,7 +121,7 @@ class ProjectTypes:
     ) -> tuple[ast.expr | None, list[ast.expr]]:
         """Strip ``Annotated[...]`` and aliases: ``(the type, the metadata expressions)``."""
         metadata: list[ast.expr] = []
-        while annotation is not None and depth < 10:
+        while annotation is not None and depth < MAX_ALIAS_DEPTH:
             depth += 1
             if isinstance(annotation, ast.Name) and annotation.id in self.aliases:
                 annotation = self.aliases[annotation.id]
@@ -174,6 +166,23 @@ class ProjectTypes:
             yield last_name(annotation)
 
 
+def _alias(node: ast.stmt) -> dict[str, ast.expr]:
+    """``X = Annotated[...]``, ``X: TypeAlias = ...`` or ``type X = ...`` as ``{X: value}``."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+        if isinstance(target, ast.Name) and _looks_like_type(node.value):
+            return {target.id: node.value}
+    elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        if last_name(node.annotation) == "TypeAlias" and node.value is not None:
+            return {node.target.id: node.value}
+    elif _TYPE_ALIAS is not None and isinstance(node, _TYPE_ALIAS):
+        # ``type X = ...`` (3.12+); absent from the 3.11 ast module.
+        name, value = getattr(node, "name", None), getattr(node, "value", None)
+        if isinstance(name, ast.Name) and isinstance(value, ast.expr):
+            return {name.id: value}
+    return {}
+
+
 def _looks_like_type(value: ast.expr) -> bool:
     return isinstance(value, ast.Subscript) and last_name(value.value) in {
         "Annotated",
@@ -193,8 +202,10 @@ def walk_function(node: FunctionNode) -> Iterator[ast.AST]:
     while stack:
         current = stack.pop()
         yield current
-        for child in ast.iter_child_nodes(current):
+        stack.extend(
+            child
+            for child in ast.iter_child_nodes(current)
             if not isinstance(
                 child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda
-            ):
-                stack.append(child)
+            )
+        )

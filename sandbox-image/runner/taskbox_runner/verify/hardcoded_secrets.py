@@ -14,8 +14,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from detect_secrets import SecretsCollection
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+from detect_secrets.core.secrets_collection import SecretsCollection
 from detect_secrets.settings import get_settings, transient_settings
 
 from taskbox_runner.verify.models import CheckOutcome, Finding

@@ -144,11 +144,12 @@ class VerificationReport(BaseModel):
             else f"{results.coverage_percent:.2f}%"
         )
         ok = sum(c.passed for c in self.constraints)
-        head = [
+        summary = (
             f"Verification ({self.framework}): {ok}/10 checks passed. Tests: "
             f"{results.passed} passed, {results.failed} failed, {results.skipped} skipped "
-            f"of {results.total}; coverage {coverage}.",
-        ]
+            f"of {results.total}; coverage {coverage}."
+        )
+        head = [summary]
         head += [
             f"[{'PASS' if c.passed else 'FAIL'}] {c.id}. {c.name}: {c.evidence[0] if c.evidence else ''}"
             for c in self.constraints

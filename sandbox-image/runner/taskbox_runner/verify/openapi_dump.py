@@ -22,7 +22,7 @@ def _flat_routes(app: Any) -> list[tuple[str, Any, bool]]:
     """
     routes = getattr(app, "routes", [])
     try:
-        from fastapi.routing import iter_route_contexts
+        from fastapi.routing import iter_route_contexts  # noqa: PLC0415 - newer FastAPI only
     except ImportError:
         return [
             (r.path, r, bool(getattr(r, "include_in_schema", True)))

@@ -64,73 +64,63 @@ def _marker(expr: ast.expr | None) -> str:
     return call_name(expr) if isinstance(expr, ast.Call) else ""
 
 
+def _body_problem(arg: ast.arg, default: ast.expr | None, types: ProjectTypes) -> str | None:
+    """Why a parameter FastAPI would read from the JSON body is not validated by a model, if it is not."""
+    annotation, metadata = types.unwrap(arg.annotation)
+    markers = {_marker(m) for m in [*metadata, default]} - {""}
+    leaves = set(types.leaf_types(annotation)) if annotation is not None else set()
+    if markers & NON_BODY_MARKERS or leaves & SPECIAL_TYPES:
+        return None
+    explicit_body = "Body" in markers
+    if annotation is None:
+        return "has no type; annotate it with a pydantic model" if explicit_body else None
+    kinds = leaves - CONTAINERS
+    if kinds & UNVALIDATED_TYPES:
+        return f"is {ast.unparse(annotation)}, not a pydantic model"
+    if not explicit_body and kinds <= SCALAR_TYPES:
+        return None  # a query or path parameter
+    non_models = sorted(k for k in kinds if k in types.classes and k not in types.models)
+    if non_models:
+        return f"uses {', '.join(non_models)}, which is not a pydantic BaseModel"
+    return None
+
+
 def body_problems(endpoint_rel: str, node: FunctionNode, types: ProjectTypes) -> list[Finding]:
     """Body parameters of one FastAPI endpoint that are not pydantic models, and raw body reads."""
     findings = []
     args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
-    defaults: list[ast.expr | None] = [None] * (
-        len(node.args.posonlyargs) + len(node.args.args) - len(node.args.defaults)
-    )
+    positional = len(node.args.posonlyargs) + len(node.args.args)
+    defaults: list[ast.expr | None] = [None] * (positional - len(node.args.defaults))
     defaults += list(node.args.defaults) + list(node.args.kw_defaults)
     request_names = set()
     for arg, default in zip(args, defaults, strict=True):
         if arg.arg in {"self", "cls"}:
             continue
-        annotation, metadata = types.unwrap(arg.annotation)
-        markers = {_marker(m) for m in [*metadata, default]} - {""}
-        leaves = set(types.leaf_types(annotation)) if annotation is not None else set()
-        if leaves & {"Request", "HTTPConnection"}:
+        if set(types.leaf_types(arg.annotation)) & {"Request", "HTTPConnection"}:
             request_names.add(arg.arg)
-        if markers & NON_BODY_MARKERS or leaves & SPECIAL_TYPES:
-            continue
-        explicit_body = "Body" in markers
-        if annotation is None:
-            if explicit_body:
-                findings.append(
-                    Finding(
-                        endpoint_rel,
-                        arg.lineno,
-                        "TB0701",
-                        f"body parameter '{arg.arg}' of {node.name}() has no type; annotate it with a pydantic model",
-                    )
-                )
-            continue
-        kinds = leaves - CONTAINERS
-        if kinds & UNVALIDATED_TYPES:
+        problem = _body_problem(arg, default, types)
+        if problem:
             findings.append(
                 Finding(
                     endpoint_rel,
                     arg.lineno,
                     "TB0701",
-                    f"body parameter '{arg.arg}' of {node.name}() is {ast.unparse(annotation)}, not a pydantic model",
+                    f"body parameter '{arg.arg}' of {node.name}() {problem}",
                 )
             )
-        elif not explicit_body and kinds <= SCALAR_TYPES:
-            continue  # a query or path parameter
-        elif non_models := sorted(k for k in kinds if k in types.classes and k not in types.models):
-            findings.append(
-                Finding(
-                    endpoint_rel,
-                    arg.lineno,
-                    "TB0701",
-                    f"body parameter '{arg.arg}' of {node.name}() uses {', '.join(non_models)}, which is not a pydantic BaseModel",
-                )
-            )
-    for child in walk_function(node):
-        if (
-            isinstance(child, ast.Call)
-            and isinstance(child.func, ast.Attribute)
-            and child.func.attr in RAW_BODY_READS
-            and dotted_name(child.func.value) in request_names
-        ):
-            findings.append(
-                Finding(
-                    endpoint_rel,
-                    child.lineno,
-                    "TB0702",
-                    f"{node.name}() reads request.{child.func.attr}() by hand; declare a pydantic model parameter instead",
-                )
-            )
+    findings += [
+        Finding(
+            endpoint_rel,
+            child.lineno,
+            "TB0702",
+            f"{node.name}() reads request.{child.func.attr}() by hand; declare a pydantic model parameter instead",
+        )
+        for child in walk_function(node)
+        if isinstance(child, ast.Call)
+        and isinstance(child.func, ast.Attribute)
+        and child.func.attr in RAW_BODY_READS
+        and dotted_name(child.func.value) in request_names
+    ]
     return findings
 
 
@@ -209,7 +199,7 @@ def web_view_problems(
     if framework == "django":
         attributes, calls, how = (
             frozenset({"data", "POST", "body"}),
-            frozenset(),
+            frozenset[str](),
             "a DRF serializer",
         )
     else:

@@ -28,27 +28,45 @@ SQL_KEYWORDS = frozenset(
     {"sql", "statement", "query", "raw_query", "where", "select", "tables", "order_by"}
 )
 RULE = "TB0101"
+#: How many names/concatenations deep a SQL argument is followed.
+MAX_FOLLOW_DEPTH = 3
 
 
 def dynamic_sql(node: ast.expr, assigned: dict[str, list[ast.expr]], depth: int = 0) -> str | None:
-    """How ``node`` builds a string from run-time values ('' parts only), or ``None`` if it does not."""
-    if depth > 3:
+    """How ``node`` builds a string from run-time values, or ``None`` if it does not."""
+    if depth > MAX_FOLLOW_DEPTH:
         return None
-    if isinstance(node, ast.JoinedStr):
-        return (
-            "an f-string" if any(isinstance(v, ast.FormattedValue) for v in node.values) else None
-        )
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        for side in (node.left, node.right):
-            inner = dynamic_sql(side, assigned, depth + 1)
-            if inner:
-                return inner
-        if _stringish(node.left) or _stringish(node.right):
-            if not (_constant(node.left) and _constant(node.right)):
-                return "string concatenation"
-        return None
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and _stringish(node.left):
-        return None if _constant(node.right) else "% formatting"
+    direct = _direct_shape(node)
+    if direct:
+        return direct
+    # Look through names (to their assignments), concatenations and lists for a dynamic part.
+    parts: list[ast.expr] = []
+    if isinstance(node, ast.Name):
+        parts = assigned.get(node.id, [])
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        parts = [node.left, node.right]
+    elif isinstance(node, ast.List | ast.Tuple):
+        parts = node.elts
+    for part in parts:
+        how = dynamic_sql(part, assigned, depth + 1)
+        if how:
+            return how
+    return _concatenation(node)
+
+
+def _direct_shape(node: ast.expr) -> str | None:
+    """f-string with a value, ``'...' % value`` or ``'...'.format(value)``."""
+    if isinstance(node, ast.JoinedStr) and any(
+        isinstance(v, ast.FormattedValue) for v in node.values
+    ):
+        return "an f-string"
+    if (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Mod)
+        and _stringish(node.left)
+        and not _constant(node.right)
+    ):
+        return "% formatting"
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
@@ -57,16 +75,18 @@ def dynamic_sql(node: ast.expr, assigned: dict[str, list[ast.expr]], depth: int 
         and (node.args or node.keywords)
     ):
         return ".format()"
-    if isinstance(node, ast.Name):
-        for value in assigned.get(node.id, []):
-            how = dynamic_sql(value, assigned, depth + 1)
-            if how:
-                return how
-    if isinstance(node, ast.List | ast.Tuple):
-        for item in node.elts:
-            how = dynamic_sql(item, assigned, depth + 1)
-            if how:
-                return how
+    return None
+
+
+def _concatenation(node: ast.expr) -> str | None:
+    """``'...' + value``: a string joined with something that is not a constant."""
+    if (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Add)
+        and (_stringish(node.left) or _stringish(node.right))
+        and not (_constant(node.left) and _constant(node.right))
+    ):
+        return "string concatenation"
     return None
 
 
@@ -98,13 +118,16 @@ def _assignments(scope: ast.AST) -> dict[str, list[ast.expr]]:
             for target in node.targets:
                 if isinstance(target, ast.Name):
                     assigned.setdefault(target.id, []).append(node.value)
-        elif isinstance(node, ast.AugAssign | ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if node.value is not None:
-                value = node.value
-                if isinstance(node, ast.AugAssign):
-                    # ``q += f"..."`` or ``q += user_value``: the result is built at run time.
-                    value = ast.BinOp(left=ast.Constant(""), op=ast.Add(), right=value)
-                assigned.setdefault(node.target.id, []).append(value)
+        elif (
+            isinstance(node, ast.AugAssign | ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.value is not None
+        ):
+            value = node.value
+            if isinstance(node, ast.AugAssign):
+                # ``q += f"..."`` or ``q += user_value``: the result is built at run time.
+                value = ast.BinOp(left=ast.Constant(""), op=ast.Add(), right=value)
+            assigned.setdefault(node.target.id, []).append(value)
     return assigned
 
 

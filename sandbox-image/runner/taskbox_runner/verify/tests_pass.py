@@ -10,19 +10,24 @@ collected), and when a test present at the base is gone.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from taskbox_runner.verify.models import CheckOutcome, Finding
 
 if TYPE_CHECKING:
-    from taskbox_runner.verify.pytest_run import JunitCase, PytestRun
+    from collections.abc import Sequence
+
+    from taskbox_runner.verify.pytest_run import JunitCase, JunitReport, PytestRun
     from taskbox_runner.verify.suite_index import TestLines
 
 _PARAMS = re.compile(r"\[.*\]$")
+#: pytest's exit code when it collected no test.
+NO_TESTS_COLLECTED = 5
 
 
-def model_conftests(changed_files: list[str] | tuple[str, ...]) -> list[str]:
+def model_conftests(changed_files: Sequence[str]) -> list[str]:
     """conftest.py files the model created or modified."""
     return sorted(f for f in changed_files if PurePosixPath(f).name == "conftest.py")
 
@@ -52,12 +57,77 @@ def _relative_location(location: str, workdir: str) -> str:
     return path.removeprefix(prefix)
 
 
+@dataclass
+class _CaseReview:
+    """What the junit cases say: findings, which tests were reported, and the model's skips."""
+
+    findings: list[Finding] = field(default_factory=list)
+    seen: set[tuple[str, str]] = field(default_factory=set)
+    broken_modules: set[str] = field(default_factory=set)
+    own_skips: int = 0
+
+
+def _review_cases(
+    junit: JunitReport, now: TestLines, changed_files: Sequence[str], workdir: str
+) -> _CaseReview:
+    review = _CaseReview()
+    changed = set(changed_files)
+    conftests = model_conftests(changed_files)
+    for case in junit.cases:
+        rel, test_id = locate_case(case, now)
+        line = now.get(rel, {}).get(test_id, 1)
+        if not test_id:
+            review.broken_modules.add(rel)
+        review.seen.add((rel, test_id))
+        shown = f"{rel}::{test_id}" if test_id else rel
+        if case.outcome in ("failed", "error"):
+            rule = "TB0501" if case.outcome == "failed" else "TB0502"
+            review.findings.append(
+                Finding(rel or ".", line, rule, f"{shown} {case.outcome}: {case.message}")
+            )
+        elif case.outcome == "skipped":
+            where = _relative_location(case.skip_location or "", workdir)
+            if conftests or rel in changed or where in changed:
+                review.own_skips += 1
+                cause = f" by {', '.join(conftests)}" if conftests else ""
+                reason = case.message or "no reason"
+                review.findings.append(
+                    Finding(rel or ".", line, "TB0504", f"{shown} skipped{cause}: {reason}")
+                )
+    return review
+
+
+def _unreported(now: TestLines, review: _CaseReview) -> list[Finding]:
+    """Tests the files define that the report never mentions (deselected or not collected)."""
+    return [
+        Finding(
+            rel,
+            line,
+            "TB0506",
+            f"{test_id} is defined but was not run (deselected or not collected)",
+        )
+        for rel, ids in sorted(now.items())
+        if rel not in review.broken_modules
+        for test_id, line in sorted(ids.items())
+        if (rel, test_id) not in review.seen
+    ]
+
+
+def _removed(now: TestLines, base: dict[str, list[str]] | None) -> list[Finding]:
+    return [
+        Finding(rel, 1, "TB0505", f"{test_id} existed at the base and was removed")
+        for rel, ids in sorted((base or {}).items())
+        for test_id in ids
+        if test_id not in now.get(rel, {})
+    ]
+
+
 def check_tests(
     tests: PytestRun,
     *,
     now: TestLines,
     base: dict[str, list[str]] | None,
-    changed_files: list[str] | tuple[str, ...],
+    changed_files: Sequence[str],
     workdir: str,
     extra_findings: list[Finding] | None = None,
 ) -> CheckOutcome:
@@ -67,68 +137,22 @@ def check_tests(
     if junit is None:
         why = tests.problem or "pytest produced no report"
         return CheckOutcome(
-            5,
-            f"tests did not run: {why}", [*findings, Finding(".", 1, "TB0507", why)]
+            5, f"tests did not run: {why}", [*findings, Finding(".", 1, "TB0507", why)]
         )
-    changed = set(changed_files)
-    conftests = model_conftests(changed_files)
-    seen: set[tuple[str, str]] = set()
-    broken_modules: set[str] = set()
-    own_skips = 0
-    for case in junit.cases:
-        rel, test_id = locate_case(case, now)
-        line = now.get(rel, {}).get(test_id, 1)
-        if not test_id:
-            broken_modules.add(rel)
-        seen.add((rel, test_id))
-        shown = f"{rel}::{test_id}" if test_id else rel
-        if case.outcome == "failed":
-            findings.append(Finding(rel or ".", line, "TB0501", f"{shown} failed: {case.message}"))
-        elif case.outcome == "error":
-            findings.append(Finding(rel or ".", line, "TB0502", f"{shown} error: {case.message}"))
-        elif case.outcome == "skipped":
-            where = _relative_location(case.skip_location or "", workdir)
-            if conftests or rel in changed or where in changed:
-                own_skips += 1
-                cause = f" by {', '.join(conftests)}" if conftests else ""
-                findings.append(
-                    Finding(
-                        rel or ".",
-                        line,
-                        "TB0504",
-                        f"{shown} skipped{cause}: {case.message or 'no reason'}",
-                    )
-                )
-    for rel, ids in sorted(now.items()):
-        if rel in broken_modules:
-            continue
-        for test_id, line in sorted(ids.items()):
-            if (rel, test_id) not in seen:
-                findings.append(
-                    Finding(
-                        rel,
-                        line,
-                        "TB0506",
-                        f"{test_id} is defined but was not run (deselected or not collected)",
-                    )
-                )
-    for rel, ids in sorted((base or {}).items()):
-        for test_id in ids:
-            if test_id not in now.get(rel, {}):
-                findings.append(
-                    Finding(rel, 1, "TB0505", f"{test_id} existed at the base and was removed")
-                )
+    review = _review_cases(junit, now, changed_files, workdir)
+    findings += review.findings + _unreported(now, review) + _removed(now, base)
     ran = junit.tests - junit.skipped
     if ran <= 0:
         findings.append(
             Finding(".", 1, "TB0503", "no test ran; at least one test must run and pass")
         )
     code = tests.completed.returncode if tests.completed else None
-    if code not in (0, 1) and not (code == 5 and ran <= 0):
+    # 0: all passed, 1: some failed (reported above), 5: nothing collected (TB0503 above).
+    if code not in (0, 1) and not (code == NO_TESTS_COLLECTED and ran <= 0):
         last = tests.completed.last_line() if tests.completed else ""
         findings.append(Finding(".", 1, "TB0507", f"pytest exited with code {code}: {last}"))
     verdict = (
         f"{junit.tests} tests: {junit.passed} passed, {junit.failures} failed, {junit.errors} errors, "
-        f"{junit.skipped} skipped ({own_skips} by the model's files)"
+        f"{junit.skipped} skipped ({review.own_skips} by the model's files)"
     )
     return CheckOutcome(5, verdict, findings)

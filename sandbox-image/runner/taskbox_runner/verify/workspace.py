@@ -106,9 +106,7 @@ class Workspace:
         root = workdir.resolve()
         owns = tuple(_normalise(p) for p in owns_paths)
         space = cls(root, tuple(p for p in owns if p), tuple(_normalise(p) for p in changed_files))
-        count = 0
-        for path in walk_files(root, root):
-            count += 1
+        for count, path in enumerate(walk_files(root, root), start=1):
             if count > MAX_FILES:
                 space.truncated = True
                 logger.warning(
