@@ -333,7 +333,16 @@ class TaskRunner:
             RunEvent(
                 stage="sandbox_exited",
                 message=outcome.describe(),
-                data={"exit_code": outcome.exit_code, "model_requests": usage.requests},
+                data={
+                    "exit_code": outcome.exit_code,
+                    "model_requests": usage.requests,
+                    "usage": {
+                        "input_tokens": usage.input_tokens
+                        + usage.cache_creation_input_tokens
+                        + usage.cache_read_input_tokens,
+                        "output_tokens": usage.output_tokens,
+                    },
+                },
             )
         )
         return self._report(run, outcome, output)
@@ -557,3 +566,30 @@ def _commit_date(model_spec: str, now: datetime) -> datetime:
         except (OSError, ValidationError) as exc:
             raise TaskboxError(f"cannot replay {where}: its record/run.json is unusable") from exc
     return now.replace(microsecond=0)
+
+
+def make_executor(settings: Settings) -> TaskRunner:
+    """The Docker-backed executor ``taskbox serve`` runs tasks with."""
+    # Imported here so that the runner package and the API import no docker code.
+    from controller.sandbox.docker import DockerBackend, DockerImages  # noqa: PLC0415
+
+    return TaskRunner(
+        settings,
+        DockerBackend.from_settings(settings),
+        DockerImages.from_settings(settings),
+        model=settings.model_upstream,
+    )
+
+
+def make_readiness_probes(settings: Settings) -> dict[str, Callable[[], None]]:
+    """``/readyz`` checks: the engine answers and the sandbox image is built."""
+    from controller.sandbox.docker import DockerBackend, DockerImages  # noqa: PLC0415
+
+    def engine() -> None:
+        DockerBackend.from_settings(settings).client.ping()
+
+    def image() -> None:
+        if DockerImages.from_settings(settings).image_id(settings.image) is None:
+            raise SandboxError(f"sandbox image {settings.image} is not built")
+
+    return {"engine": engine, "image": image}

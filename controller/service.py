@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from pydantic import BaseModel, JsonValue, ValidationError
+from pydantic import JsonValue, ValidationError
 
 from controller.contract import Task, TaskResult
 from controller.errors import (
@@ -41,6 +41,7 @@ from controller.errors import (
     UnknownRepositoryError,
 )
 from controller.gitrepo import ensure_repository, resolve_commit
+from controller.runs import RunEvent, new_run_id
 from controller.store import EventRecord, NewEvent, NewTask, TaskRecord, TaskState, TaskStore
 
 if TYPE_CHECKING:
@@ -55,24 +56,23 @@ MAX_ATTEMPTS = 2
 #: After the shutdown grace, how long cancelled runs get to stop before the process exits
 #: anyway (recovery on the next start then cleans up whatever is left).
 CANCEL_WAIT_SECONDS = 30.0
+#: The stage of a task's last event; event streams end after it.
+FINAL_STAGE = "finished"
+#: How long a worker waits before it tries again after the store failed a claim.
+CLAIM_RETRY_SECONDS = 2.0
 #: Caps on what one event may carry, so a chatty run cannot bloat the index.
 MAX_EVENT_MESSAGE_CHARS = 4000
 MAX_EVENT_DATA_BYTES = 64 * 1024
 
 
-class RunEvent(BaseModel):
-    """One step of a run, as the executor reports it (mirrors ``controller.runs.RunEvent``)."""
-
-    stage: str
-    """``queued``, ``admitted``, ``staged``, ``sandbox_started``, ``round``, ``checks``, ``sandbox_exited``, ``ingested``, ``finished``…"""
-    message: str
-    """One human sentence."""
-    data: dict[str, JsonValue] = {}
-    """Details; ``usage: {input_tokens, output_tokens}`` on a model round feeds the token metric."""
-
-
 class TaskExecutor(Protocol):
-    """Runs one task to its end; the real one is ``controller.runs`` (Docker)."""
+    """Runs one task to its end; the real one is ``controller.runs.TaskRunner`` (Docker).
+
+    Events go through ``emit`` (``controller.runs.RunEvent``). A ``finished`` event
+    of the executor is not stored: the service writes the final event itself.
+    ``data["usage"] = {"input_tokens": n, "output_tokens": m}`` on any event feeds
+    the model-token metric.
+    """
 
     def execute(
         self,
@@ -183,11 +183,6 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
-def run_id_for(task_id: str, attempt: int) -> str:
-    """The run id of one attempt; it labels the run's containers and names its folder."""
-    return f"{task_id}-{attempt}"
-
-
 def _bounded_data(data: dict[str, JsonValue]) -> dict[str, JsonValue]:
     encoded = json.dumps(data)
     if len(encoded) > MAX_EVENT_DATA_BYTES:
@@ -234,7 +229,10 @@ class TaskService:
         self._cancels: dict[str, threading.Event] = {}
         self._interrupted: set[str] = set()
         self._workers: list[threading.Thread] = []
-        self._accepting = threading.Event()
+        self._started = False
+        # A plain attribute, not an Event: stop_accepting runs in a signal handler, where
+        # taking a lock the interrupted thread may hold would deadlock.
+        self._draining = False
         self._stopping = threading.Event()
 
     # ------------------------------------------------------------------ life cycle
@@ -242,7 +240,7 @@ class TaskService:
     def start(self) -> list[RecoveryOutcome]:
         """Reconcile what a dead controller left running, then start the workers."""
         outcomes = self.recover()
-        self._accepting.set()
+        self._started = True
         for number in range(self._max_concurrent):
             worker = threading.Thread(
                 target=self._work, name=f"taskbox-worker-{number}", daemon=True
@@ -306,11 +304,11 @@ class TaskService:
     @property
     def accepting(self) -> bool:
         """True while new submissions are taken."""
-        return self._accepting.is_set() and not self._stopping.is_set()
+        return self._started and not self._draining and not self._stopping.is_set()
 
     def stop_accepting(self) -> None:
         """Refuse new submissions from now on (the first step of a drain); safe in a signal handler."""
-        self._accepting.clear()
+        self._draining = True
 
     def shutdown(
         self, grace_seconds: float, cancel_wait_seconds: float = CANCEL_WAIT_SECONDS
@@ -487,7 +485,13 @@ class TaskService:
                 if self._stopping.is_set():
                     break
                 generation = self._generation
-                record = self.store.claim_next(run_id_for)
+                try:
+                    record = self.store.claim_next(new_run_id)
+                except Exception:
+                    # A full disk or a locked file must not kill the worker; try again shortly.
+                    logger.exception("claiming the next task failed")
+                    self._cond.wait(timeout=CLAIM_RETRY_SECONDS)
+                    continue
                 if record is not None:
                     cancel = threading.Event()
                     self._cancels[record.id] = cancel
@@ -510,7 +514,7 @@ class TaskService:
                     self._cond.notify_all()
 
     def _run(self, record: TaskRecord, cancel: threading.Event) -> None:
-        run_id = record.run_id or run_id_for(record.id, record.attempts)
+        run_id = record.run_id or new_run_id(record.task_key)  # claim_next always sets one
         log_extra = {"task_id": record.id, "run_id": run_id, "attempt": record.attempts}
         logger.info("run started", extra=log_extra)
         try:
@@ -581,7 +585,7 @@ class TaskService:
             result_json=result.model_dump_json(),
             reason=result.reason,
             event=NewEvent(
-                "finished",
+                FINAL_STAGE,
                 message[:MAX_EVENT_MESSAGE_CHARS],
                 {"status": result.status, "reason": result.reason, "gitCommit": result.git_commit},
             ),
@@ -591,6 +595,10 @@ class TaskService:
 
     def _emit(self, task_id: str, event: RunEvent) -> None:
         """Store one executor event; never raises into the executor."""
+        if event.stage == FINAL_STAGE:
+            # The service writes the one final event itself, with the status it decided
+            # (a cancel or a shutdown can override the executor's), so streams end once.
+            return
         try:
             data = _bounded_data(dict(event.data))
             self.store.append_event(

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     """Every knob of the controller; each field documents itself."""
 
     model_config = SettingsConfigDict(
+        hide_input_in_errors=True,  # a bad value may be a token: never echo it
         env_prefix="TASKBOX_",
         env_file=".env",
         env_file_encoding="utf-8",
@@ -38,6 +39,8 @@ class Settings(BaseSettings):
     """Keep each run's staging folder after the run (for debugging)."""
     anthropic_api_key: SecretStr | None = None
     """The real model API key; used only by the gateway, never passed to a sandbox."""
+    model_upstream: str = "anthropic"
+    """Where the gateway sends model requests: ``anthropic``, ``scripted:FILE`` or ``replay:RUN_DIR``."""
     anthropic_base_url: str = "https://api.anthropic.com"
     """Upstream of the ``anthropic`` gateway upstream."""
     docker_host: str | None = None

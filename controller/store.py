@@ -438,21 +438,23 @@ class TaskStore:
         with self._write() as conn:
             return self._append_event(conn, task_id, event)
 
-    def claim_next(self, run_id_for: Callable[[str, int], str]) -> TaskRecord | None:
+    def claim_next(self, new_run_id: Callable[[str], str]) -> TaskRecord | None:
         """Move the oldest queued task to ``running`` and give it a run id; ``None`` if none waits.
 
-        ``run_id_for(task_id, attempt)`` names the run. The claim and its
+        ``new_run_id(task_key)`` names the run (a fresh id each time: a run id is
+        never reused, not even by the next attempt of the same task). The claim and its
         ``started`` event are one transaction, so a crash leaves either a queued
         task or a running one with a run id that recovery can look for.
         """
         with self._write() as conn:
             row = conn.execute(
-                "SELECT id, attempts FROM tasks WHERE status = 'queued' ORDER BY seq LIMIT 1"
+                "SELECT id, task_key, attempts FROM tasks WHERE status = 'queued' "
+                "ORDER BY seq LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
             attempt = row["attempts"] + 1
-            run_id = run_id_for(row["id"], attempt)
+            run_id = new_run_id(row["task_key"])
             now = _ts(utc_now())
             conn.execute(
                 "UPDATE tasks SET status = 'running', attempts = ?, run_id = ?, started_at = ?, "

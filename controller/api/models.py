@@ -72,7 +72,9 @@ class TaskView(ApiModel):
     queue_position: int | None
     """1 for the next task to start; ``null`` unless queued."""
     attempts: int
-    """How many times a run was started (at most 2: a crash re-queues a task once)."""
+    """Runs started and not given back by a clean shutdown (at most 2: a crash re-queues once)."""
+    run_id: str | None
+    """The current or last run; its containers carry the label ``org.taskbox.run=<runId>``."""
     cancel_requested: bool
     """A cancel was asked for while the task ran; it ends ``cancelled`` unless it had already succeeded."""
     reason: str | None

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 KILL_WAIT_SECONDS = 10
 #: How long the log reader may lag behind the container's exit.
 LOG_JOIN_SECONDS = 5
+#: Output forwarded to the log callback when the spec gives no cap.
+DEFAULT_LOG_CAP_BYTES = 10 * 1024 * 1024
 #: Label of throwaway containers that only ask an image a question (its Python version).
 LABEL_ROLE = "org.taskbox.role"
 
@@ -225,14 +227,20 @@ def read_output_files(out_dir: Path, caps: Mapping[str, int]) -> CollectedOutput
 
 
 class _LogPump:
-    """Reads a container's log stream in a thread: forwards up to a cap, keeps a tail."""
+    """Reads a container's output in a thread: forwards up to a cap, keeps a tail.
 
-    def __init__(
-        self, chunks: Iterator[bytes], cap: int, on_log: Callable[[str], None] | None
-    ) -> None:
+    It starts before the callback is known (output is read from the moment the
+    container starts, so nothing is lost and the container never blocks on a full
+    pipe); what arrives meanwhile is held (within the cap) and handed over by
+    :meth:`set_callback`.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], cap: int) -> None:
         self._chunks = chunks
         self._cap = cap
-        self._on_log = on_log
+        self._on_log: Callable[[str], None] | None = None
+        self._pending: list[str] = []
+        self._callback_lock = threading.Lock()
         # Incremental: a UTF-8 character split across two chunks still decodes whole.
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._tail: deque[bytes] = deque()
@@ -247,6 +255,14 @@ class _LogPump:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+
+    def set_callback(self, on_log: Callable[[str], None] | None) -> None:
+        with self._callback_lock:
+            self._on_log = on_log
+            pending, self._pending = self._pending, []
+        if on_log is not None:
+            for text in pending:
+                on_log(text)
 
     def tail(self) -> str:
         data = b"".join(self._tail)[-LOG_TAIL_BYTES:]
@@ -267,8 +283,13 @@ class _LogPump:
             chunk = chunk[:room]
             self.truncated = True
         self.forwarded += len(chunk)
-        if self._on_log is not None:
-            self._on_log(self._decoder.decode(chunk))
+        text = self._decoder.decode(chunk)
+        with self._callback_lock:
+            on_log = self._on_log
+            if on_log is None:
+                self._pending.append(text)
+        if on_log is not None:
+            on_log(text)
 
     def _run(self) -> None:
         try:
@@ -277,6 +298,13 @@ class _LogPump:
                 self._forward(chunk)
         except Exception as exc:  # noqa: BLE001 - a log reader must never take the run down
             self.error = exc
+        finally:
+            # The attach stream owns a hijacked engine socket. docker-py's CancellableStream.close()
+            # shuts the socket but leaves the HTTP response (and so the socket object) to the
+            # garbage collector; closing the response releases it now.
+            response = getattr(self._chunks, "_response", None)
+            if response is not None:
+                response.close()
 
 
 class DockerBackend:
@@ -286,6 +314,8 @@ class DockerBackend:
         self._client = client
         self._out_dirs: dict[str, Path] = {}
         self._started: dict[str, float] = {}
+        self._log_caps: dict[str, int] = {}
+        self._pumps: dict[str, _LogPump] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -310,19 +340,29 @@ class DockerBackend:
             raise SandboxError(f"the engine refused to create {spec.name}: {exc}") from exc
         out = next((m.source for m in spec.mounts if m.target == OUTDIR), None)
         with self._lock:
+            self._log_caps[str(container.id)] = spec.log_max_bytes
             if out is not None:
                 self._out_dirs[str(container.id)] = out
         return SandboxHandle(id=str(container.id), name=spec.name, run_id=spec.labels[LABEL_RUN])
 
     def start(self, handle: SandboxHandle) -> None:
         """Start the container and the wall clock."""
-        started = time.monotonic()
+        api = self._client.api
+        with self._lock:
+            cap = self._log_caps.get(handle.id, DEFAULT_LOG_CAP_BYTES)
         try:
-            self._client.api.start(handle.id)
+            # Attached before start: the output is read as it is written, not from the
+            # json-file log, whose max-size rotation may drop what a follower reads late.
+            stream = api.attach(handle.id, stdout=True, stderr=True, stream=True, logs=True)
+            pump = _LogPump(stream, cap)
+            pump.start()
+            started = time.monotonic()
+            api.start(handle.id)
         except DockerException as exc:
             raise SandboxError(f"the engine could not start {handle.name}: {exc}") from exc
         with self._lock:
             self._started[handle.id] = started
+            self._pumps[handle.id] = pump
 
     def wait(
         self,
@@ -330,18 +370,22 @@ class DockerBackend:
         *,
         timeout_seconds: float,
         on_log: Callable[[str], None] | None = None,
-        log_cap_bytes: int = 10 * 1024 * 1024,
     ) -> SandboxOutcome:
-        """Stream logs until exit or the deadline; kill at the deadline (never a graceful stop)."""
-        api = self._client.api
+        """Stream output until exit or the deadline; kill at the deadline (never a graceful stop)."""
         with self._lock:
             started = self._started.get(handle.id, time.monotonic())
-        try:
-            stream = api.logs(handle.id, stream=True, follow=True, stdout=True, stderr=True)
-        except DockerException as exc:
-            raise SandboxError(f"cannot read the log of {handle.name}: {exc}") from exc
-        pump = _LogPump(stream, log_cap_bytes, on_log)
-        pump.start()
+            pump = self._pumps.pop(handle.id, None)
+            cap = self._log_caps.get(handle.id, DEFAULT_LOG_CAP_BYTES)
+        if pump is None:  # started elsewhere: follow the engine's log instead
+            try:
+                stream = self._client.api.logs(
+                    handle.id, stream=True, follow=True, stdout=True, stderr=True
+                )
+            except DockerException as exc:
+                raise SandboxError(f"cannot read the log of {handle.name}: {exc}") from exc
+            pump = _LogPump(stream, cap)
+            pump.start()
+        pump.set_callback(on_log)
         timed_out = False
         remaining = max(0.0, started + timeout_seconds - time.monotonic())
         try:
@@ -439,6 +483,8 @@ class DockerBackend:
         with self._lock:
             self._out_dirs.pop(handle.id, None)
             self._started.pop(handle.id, None)
+            self._log_caps.pop(handle.id, None)
+            self._pumps.pop(handle.id, None)
         try:
             self._client.api.remove_container(handle.id, force=True, v=True)
         except NotFound:
@@ -459,12 +505,7 @@ class DockerBackend:
             # The inspect right after create is the record of what the sandbox really got.
             inspected = self.inspect(handle)
             self.start(handle)
-            outcome = self.wait(
-                handle,
-                timeout_seconds=spec.wall_clock_seconds,
-                on_log=on_log,
-                log_cap_bytes=spec.log_max_bytes,
-            )
+            outcome = self.wait(handle, timeout_seconds=spec.wall_clock_seconds, on_log=on_log)
             output = self.collect(handle, collect) if collect else CollectedOutput()
         finally:
             self.remove(handle)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from controller.image import PythonTarget, RepoDependencies, deps_tag, repo_dependencies
+from controller.image import (
+    PythonTarget,
+    RepoDependencies,
+    deps_tag,
+    image_for_repo,
+    repo_dependencies,
+)
 from tests.conftest import RepoFactory, git
 
 PYPROJECT = """
@@ -84,3 +90,27 @@ def test_platform_tags_cover_every_manylinux_the_glibc_loads() -> None:
     assert tags[-4] == "manylinux_2_5_x86_64"
     assert {"manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"} <= set(tags)
     assert "manylinux_2_37_x86_64" not in tags
+
+
+class FakeImages:
+    """Knows a fixed set of image ids; enough for image_for_repo's lookups."""
+
+    def __init__(self, ids: dict[str, str]) -> None:
+        self.ids = ids
+
+    def image_id(self, ref: str) -> str | None:
+        return self.ids.get(ref)
+
+
+def test_image_for_repo_finds_the_dependency_image_of_the_current_sandbox(
+    make_repo: RepoFactory,
+) -> None:
+    """The deps tag is used only when it was built for these declarations on the current sandbox image."""
+    repo, commit = make_repo({"requirements.txt": "flask\n"})
+    tag = deps_tag(repo_dependencies(repo, commit), "sha256:current")
+    engine = FakeImages({"taskbox-sandbox:latest": "sha256:current", tag: "sha256:deps"})
+    assert image_for_repo(repo, commit, engine=engine) == tag  # type: ignore[arg-type]
+    stale = FakeImages({"taskbox-sandbox:latest": "sha256:rebuilt", tag: "sha256:deps"})
+    assert image_for_repo(repo, commit, engine=stale) is None  # type: ignore[arg-type]
+    bare, bare_commit = make_repo({"app.py": ""}, name="bare")
+    assert image_for_repo(bare, bare_commit, engine=engine) is None  # type: ignore[arg-type]

@@ -12,10 +12,12 @@ from controller.contract import Task
 from controller.errors import (
     BaseRefError,
     RepositoryUnavailableError,
+    SandboxError,
     ShuttingDownError,
     UnknownRepositoryError,
 )
-from controller.service import MAX_ATTEMPTS, TaskService, request_hash, run_id_for
+from controller.runs import new_run_id
+from controller.service import MAX_ATTEMPTS, TaskService, request_hash
 from controller.store import NewEvent, TaskStore
 from tests.controller.api.fake_executor import FakeExecutor, wait_for
 
@@ -101,7 +103,7 @@ def test_recovery_requeues_a_run_once_and_removes_its_leftovers(
     """A task left running by a dead controller loses its containers and staging and is queued again."""
     service = make_service()
     task_id = submit_queued(service, "HOLD-1")
-    claimed = service.store.claim_next(run_id_for)
+    claimed = service.store.claim_next(new_run_id)
     assert claimed is not None
     assert claimed.run_id is not None
     # What a SIGKILL leaves: the store says running, the run's container and staging are still there.
@@ -128,9 +130,9 @@ def test_recovery_fails_a_task_that_crashed_the_controller_twice(
     service = make_service()
     task_id = submit_queued(service, "HOLD-2")
     for _ in range(MAX_ATTEMPTS):
-        service.store.claim_next(run_id_for)
+        service.store.claim_next(new_run_id)
         service.store.requeue(task_id, event=_event("requeued"), uncount_attempt=False)
-    service.store.claim_next(run_id_for)  # attempt MAX_ATTEMPTS + 1 is "running" at the crash
+    service.store.claim_next(new_run_id)  # attempt MAX_ATTEMPTS + 1 is "running" at the crash
     outcomes = service.recover()
     assert [o.action for o in outcomes] == ["failed"]
     record = service.get(task_id)
@@ -146,7 +148,7 @@ def test_recovery_finishes_a_cancel_that_was_under_way(
     """A task whose cancel was requested when the controller died ends cancelled, not re-queued."""
     service = make_service()
     task_id = submit_queued(service, "HOLD-3")
-    service.store.claim_next(run_id_for)
+    service.store.claim_next(new_run_id)
     service.store.mark_cancel_requested(task_id, _event("cancel_requested"))
     assert [o.action for o in service.recover()] == ["cancelled"]
     assert service.get(task_id).status == "cancelled"
@@ -238,9 +240,27 @@ def test_request_hash_is_canonical() -> None:
 
 def submit_queued(service: TaskService, key: str) -> str:
     """Submit without workers running (the service accepts but nothing claims)."""
-    service._accepting.set()
+    service._started = True
     return submit(service, key)
 
 
 def _event(stage: str) -> NewEvent:
     return NewEvent(stage, stage, {})
+
+
+def test_recovery_that_cannot_remove_containers_stops_the_start(
+    make_service: Callable[..., TaskService], fake: FakeExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a dead run's containers cannot be removed, start fails loudly and the task stays running."""
+    service = make_service()
+    task_id = submit_queued(service, "HOLD-10")
+    service.store.claim_next(new_run_id)
+
+    def engine_down(run_id: str) -> int:
+        raise SandboxError(f"cannot reach the engine to remove {run_id}")
+
+    monkeypatch.setattr(fake, "remove_run_containers", engine_down)
+    with pytest.raises(SandboxError):
+        service.start()
+    assert service.get(task_id).status == "running"
+    assert service._workers == []  # no worker was started

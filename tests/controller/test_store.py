@@ -120,21 +120,31 @@ def test_a_second_controller_cannot_open_the_same_store(store: TaskStore) -> Non
 
 
 def test_claims_are_fifo_and_attempts_count(store: TaskStore) -> None:
-    """claim_next takes the oldest queued task, marks it running with a run id and counts the attempt."""
+    """claim_next takes the oldest queued task, marks it running with a fresh run id and counts the attempt."""
     for task_id in ("a", "b", "c"):
         store.create_task(new_task(task_id, key=task_id), QUEUED)
-    first = store.claim_next(lambda task_id, attempt: f"{task_id}-{attempt}")
+    run_ids = iter(["run-1", "run-2", "run-3", "run-4"])
+    first = store.claim_next(lambda key: f"{key}/{next(run_ids)}")
     assert first is not None
-    assert (first.id, first.status, first.attempts, first.run_id) == ("a", "running", 1, "a-1")
+    assert (first.id, first.status, first.attempts, first.run_id) == (
+        "a",
+        "running",
+        1,
+        "BE-a/run-1",
+    )
     requeued = store.requeue("a", event=NewEvent("requeued", "again", {}), uncount_attempt=False)
     assert requeued is not None
     assert requeued.status == "queued"
-    again = store.claim_next(lambda task_id, attempt: f"{task_id}-{attempt}")
+    again = store.claim_next(lambda key: f"{key}/{next(run_ids)}")
     assert again is not None
-    assert (again.id, again.attempts, again.run_id) == ("a", 2, "a-2")
+    assert (again.id, again.attempts, again.run_id) == ("a", 2, "BE-a/run-2")
+    store.requeue("a", event=NewEvent("requeued", "shutdown", {}), uncount_attempt=True)
+    given_back = store.claim_next(lambda key: f"{key}/{next(run_ids)}")
+    assert given_back is not None
+    assert (given_back.attempts, given_back.run_id) == (2, "BE-a/run-3")
     assert store.queue_position(store.get("c")) == 2  # type: ignore[arg-type]
     order = []
-    while (claimed := store.claim_next(lambda task_id, _attempt: task_id)) is not None:
+    while (claimed := store.claim_next(lambda key: key)) is not None:
         order.append(claimed.id)
     assert order == ["b", "c"]
 
@@ -178,7 +188,7 @@ def test_concurrent_creates_with_one_key_make_one_task(store: TaskStore) -> None
 def test_events_are_complete_only_with_the_final_event(store: TaskStore) -> None:
     """events_after reports a stream complete only once the task is final and every event is read."""
     store.create_task(new_task("a"), QUEUED)
-    store.claim_next(lambda _task_id, _attempt: "r")
+    store.claim_next(lambda _key: "r")
     store.append_event("a", NewEvent("round", "round 1", {"n": 1}))
     events, complete = store.events_after("a", 0)
     assert [e.stage for e in events] == ["queued", "started", "round"]

@@ -36,6 +36,9 @@ router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 TaskId = Annotated[str, Path(pattern=TASK_ID_PATTERN, description="Task id (32 hex characters).")]
 
+#: Sequence numbers are SQLite integers (64-bit); anything larger is refused up front.
+MAX_EVENT_SEQ = 2**63 - 1
+
 _CURSOR = re.compile(r"^after:(\d{1,18})$")
 
 
@@ -67,6 +70,7 @@ def task_view(service: TaskService, record: TaskRecord) -> TaskView:
         status=record.status,
         queue_position=service.store.queue_position(record),
         attempts=record.attempts,
+        run_id=record.run_id,
         cancel_requested=record.cancel_requested,
         reason=record.reason,
         created_at=record.created_at,
@@ -185,10 +189,17 @@ def follow_events(
     service: ServiceDep,
     last_event_id: Annotated[
         int | None,
-        Header(ge=0, description="Resume after this event (EventSource sends it on reconnect)."),
+        Header(
+            ge=0,
+            le=MAX_EVENT_SEQ,
+            description="Resume after this event (EventSource sends it on reconnect).",
+        ),
     ] = None,
     after: Annotated[
-        int | None, Query(ge=0, description="Like `Last-Event-ID`, for clients without headers.")
+        int | None,
+        Query(
+            ge=0, le=MAX_EVENT_SEQ, description="Like `Last-Event-ID`, for clients without headers."
+        ),
     ] = None,
 ) -> Response:
     """Every event of the task from the start (or after ``Last-Event-ID``), live, until it ends."""

@@ -30,7 +30,7 @@ from pydantic import JsonValue
 
 from controller.contract import Task, TaskResult
 from controller.errors import SandboxError
-from controller.service import RunEvent
+from controller.runs import RunEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -135,6 +135,8 @@ class FakeExecutor:
             )
         )
         emit(RunEvent(stage="checks", message="checks passed", data={"passed": 4, "failed": 0}))
+        # The real runner reports its own end too; the service must not store a second final event.
+        emit(RunEvent(stage="finished", message="succeeded", data={"status": "succeeded"}))
         return TaskResult(
             task_key=key, status="succeeded", git_commit="a" * 40, files_created=["app/x.py"]
         )

@@ -59,18 +59,21 @@ def test_kill_9_with_three_tasks_loses_nothing_and_keeps_order(
         ),
         what="two running, one queued",
     )
-    assert sorted(fake.containers()) == sorted([f"{one}-1", f"{two}-1"])
+    first_runs = sorted(status_of(client, t)["runId"] for t in (one, two))
+    assert fake.containers() == first_runs
     client.close()
     server.kill()
     assert server.process.returncode == -signal.SIGKILL
     # The kill left both runs' containers behind.
-    assert sorted(fake.containers()) == sorted([f"{one}-1", f"{two}-1"])
+    assert fake.containers() == first_runs
 
     # Restart with one worker: recovery removes the leftovers and re-queues both, oldest first.
     server = serve_process(TASKBOX_MAX_CONCURRENT_TASKS="1")
     client = server.client()
     wait_for(lambda: status_of(client, one)["status"] == "running", what="task one to rerun")
-    assert fake.containers() == [f"{one}-2"]
+    second_run = status_of(client, one)["runId"]
+    assert second_run not in first_runs  # a new run, never a reused id
+    assert fake.containers() == [second_run]
     assert [status_of(client, t)["status"] for t in (two, three)] == ["queued", "queued"]
     assert [status_of(client, t)["queuePosition"] for t in (two, three)] == [1, 2]
     assert status_of(client, one)["attempts"] == 2
@@ -83,7 +86,7 @@ def test_kill_9_with_three_tasks_loses_nothing_and_keeps_order(
     failed = status_of(client, one)
     assert failed["status"] == "failed"
     assert "controller stopped while this task ran" in failed["reason"]
-    assert f"{one}-2" not in fake.containers()
+    assert second_run not in fake.containers()
     fake.release()
     wait_for(
         lambda: [status_of(client, t)["status"] for t in (two, three)] == ["succeeded"] * 2,
@@ -92,13 +95,14 @@ def test_kill_9_with_three_tasks_loses_nothing_and_keeps_order(
     assert fake.containers() == []
     assert fake.stagings() == []
     # Every start, in order: no task skipped, the queue order held across both restarts.
-    assert [c["run_id"] for c in fake.calls()] == [
-        f"{one}-1",
-        f"{two}-1",
-        f"{one}-2",
-        f"{two}-2",
-        f"{three}-1",
+    assert [c["task_key"] for c in fake.calls()] == [
+        "HOLD-1",
+        "HOLD-2",
+        "HOLD-1",
+        "HOLD-2",
+        "HOLD-3",
     ]
+    assert len({c["run_id"] for c in fake.calls()}) == 5
     restart_events = [d for s, d in stages(client, two) if s == "requeued"]
     assert [d["reason"] for d in restart_events] == ["controller_restart"]
     assert client.get(f"/v1/tasks/{one}/result").json()["status"] == "failed"

@@ -289,7 +289,9 @@ def test_audit_comes_from_the_executor(api: ServedApi, fake: FakeExecutor) -> No
     wait_status(api, task_id, "running")
     audit = api.client().get(f"/v1/tasks/{task_id}/audit")
     assert audit.status_code == 200
-    assert audit.json()["runId"] == f"{task_id}-1"
+    run_id = api.client().get(f"/v1/tasks/{task_id}").json()["runId"]
+    assert run_id.startswith("HOLD-9-")
+    assert audit.json()["runId"] == run_id
     assert audit.json()["audit"]["policyDigest"] == "sha256:fake"
     fake.release()
 

@@ -71,3 +71,22 @@ def test_schema_shapes_ignore_nullability_and_titles() -> None:
     assert shape_differences(
         schema_shape({"type": "integer"}, {}), schema_shape(served, {}), "x"
     ) == ["x: type string in the app, integer in the contract"]
+
+
+def test_extra_routes_outside_the_owned_paths_are_noted_not_failed(stage: Stage) -> None:
+    """A served route from a file the task does not own is not the task's to remove."""
+    staged = stage()
+    (staged.workdir / "platform_routes.py").write_text(
+        "from fastapi import APIRouter\n\nrouter = APIRouter()\n\n\n"
+        "@router.get('/health')\nasync def health() -> dict[str, str]:\n    return {'ok': 'yes'}\n"
+    )
+    main = staged.workdir / "app/main.py"
+    staged.write(
+        "app/main.py",
+        main.read_text() + "\nfrom platform_routes import router\n\napp.include_router(router)\n",
+    )
+    outcome = check_contract(staged.space(), "fastapi", "openapi.yaml", staged.scratch_dir)
+    assert outcome.passed, outcome.findings
+    assert outcome.verdict.endswith(
+        "; 1 other served operation(s) outside the owned paths not checked"
+    )

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from taskbox_runner.verify import verify
+from taskbox_runner.verify.harness import results_of
+from taskbox_runner.verify.pytest_run import JunitReport, PytestRun
 
 from tests.runner.verify.conftest import Stage
 
@@ -171,3 +173,23 @@ def test_missing_base_index_is_a_warning(stage: Stage) -> None:
     context = staged.context().model_copy(update={"base_tests": None})
     report = verify(context)
     assert "no base test index was given: removed tests were not checked" in report.warnings
+
+
+def test_counts_stay_consistent_when_a_test_fails_twice() -> None:
+    """A failure plus a teardown error on one test is capped so passed + failed + skipped <= total."""
+    junit = JunitReport(tests=2, failures=1, errors=2, skipped=0)
+    results = results_of(PytestRun(junit=junit))
+    assert (results.total, results.passed, results.failed, results.skipped) == (2, 0, 2, 0)
+
+
+def test_removed_tests_are_named_in_the_warnings(stage: Stage) -> None:
+    """Deleting a base test fails constraint 5 and is listed among the warnings."""
+    staged = stage()
+    text = (staged.workdir / "tests/test_users.py").read_text()
+    staged.write("tests/test_users.py", text.replace("def test_unknown_user_is_404", "def _gone"))
+    report = verify(staged.context())
+    assert not report.constraints[4].passed
+    assert (
+        "1 test(s) removed since the base: tests/test_users.py::test_unknown_user_is_404"
+        in report.warnings
+    )

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from taskbox_runner.verify.models import CheckOutcome, Finding, VerificationReport, VerifyContext
+from taskbox_runner.verify.models import (
+    CheckOutcome,
+    Finding,
+    VerificationReport,
+    VerifyContext,
+    scrub_text,
+)
 
 from controller.contract import TestResults
 
@@ -79,3 +85,11 @@ def test_context_refuses_unknown_fields(tmp_path: Path) -> None:
     """The context is a strict boundary model."""
     with pytest.raises(ValidationError):
         VerifyContext(workdir=tmp_path, owns_paths=[], scratch_dir=tmp_path, surprise=1)  # type: ignore[call-arg]
+
+
+def test_tmp_paths_are_scrubbed() -> None:
+    """Workdir and scratch become relative, and any other /tmp path becomes <tmp>."""
+    text = (
+        "/work/app/x.py:3 vs /tmp/pytest-of-u/pytest-7/test_a0/out.txt and /tmp/scratch/junit.xml"
+    )
+    assert scrub_text(text, ("/tmp/scratch", "/work")) == "app/x.py:3 vs <tmp> and junit.xml"

@@ -71,3 +71,14 @@ def test_missing_junit_is_none(tmp_path: Path) -> None:
     assert read_junit(tmp_path / "absent.xml") is None
     (tmp_path / "bad.xml").write_text("<testsuites><testsuite")
     assert read_junit(tmp_path / "bad.xml") is None
+
+
+def test_a_pytest_module_in_the_repository_cannot_stand_in_for_pytest(stage: Stage) -> None:
+    """A pytest.py (and coverage.py) at the repository root is not what runs the tests."""
+    staged = stage()
+    staged.write("pytest.py", "raise SystemExit(0)\n")
+    staged.write("coverage.py", "raise SystemExit(0)\n")
+    run = _run(staged)
+    assert run.junit is not None
+    assert run.junit.tests == 5
+    assert run.coverage is not None

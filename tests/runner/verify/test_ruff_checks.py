@@ -110,3 +110,17 @@ def test_a_ruff_config_the_model_writes_is_ignored(stage: Stage) -> None:
     staged.write("ruff.toml", '[lint]\nignore = ["ALL"]\n')
     space, ruff = staged.ruff()
     assert not check_ruff_clean(space, ruff).passed
+
+
+def test_syntax_error_fails_9(stage: Stage) -> None:
+    """A file that does not parse is a ruff finding of its own under constraint 9."""
+    staged = stage()
+    staged.write("app/broken.py", "def broken(:\n    pass\n")
+    space, ruff = staged.ruff()
+    outcome = check_ruff_clean(space, ruff)
+    assert not outcome.passed
+    # ruff names it "invalid-syntax" (older ruff gave no code; the harness calls that SYNTAX).
+    assert {(f.path, f.rule) for f in outcome.findings} <= {
+        ("app/broken.py", "invalid-syntax"),
+        ("app/broken.py", "SYNTAX"),
+    }

@@ -14,7 +14,30 @@ coverage) once under harness-owned settings, then the ten checks:
     9 ruff check clean        the project's own (base) ruff rules, else E/F/W/I/UP/B
    10 async consistency       async endpoints, no blocking calls in async code
 
-Harness rule codes are ``TB`` + two-digit constraint + two-digit number (TB0101 ...).
+Findings read ``path:line: RULE message``: ruff's own codes, or harness codes
+``TB`` + two-digit constraint + two-digit number:
+
+    TB0101 SQL built from run-time strings reaches a SQL call    TB0102 ruff could not run
+    TB0201 detect-secrets finding                                TB0202 ruff could not run
+    TB0301 ruff could not run
+    TB0401 lines never run (coverage under the threshold)       TB0402 owned file not measured
+    TB0501 test failed   TB0502 test error   TB0503 no test ran   TB0504 skipped by the model
+    TB0505 test removed since the base   TB0506 defined but not run   TB0507 pytest did not finish
+    TB0508 Django models changed without a migration
+    TB0601 operation missing from the app   TB0602 operation not in the contract
+    TB0603 operation differs   TB0604 app not found / not importable   TB0605 contract unreadable
+    TB0701 body not a pydantic model   TB0702 body read by hand   TB0703 pydantic v1 API
+    TB0704 Django/Flask view reads the body without a serializer/model
+    TB0801 / TB0901 ruff could not run
+    TB1001 sync FastAPI endpoint   TB1002 blocking call in async code
+    TB1003 sync ORM in async code   TB1004 AsyncSession call not awaited
+
+Known limits of this first cut: calls from async code into sync helpers are not
+followed; a Django app is not compared with the contract (a warning says so); a
+Flask app is compared by methods and paths only; code the tests import
+(conftest.py included) runs inside the pytest session, so a hostile conftest can
+still lie from inside it: the checks compare what ran with what the files
+define, and every conftest.py the model wrote is named in the warnings.
 Call :func:`index_tests` on the base tree before the model writes anything and
 pass it as ``VerifyContext.base_tests`` so removed tests are caught.
 """

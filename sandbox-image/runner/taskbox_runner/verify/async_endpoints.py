@@ -192,9 +192,10 @@ def check_async(space: Workspace, types: ProjectTypes) -> CheckOutcome:
         for node in ast.walk(tree):
             if isinstance(node, ast.AsyncFunctionDef):
                 findings += blocking_calls(rel, node, types, imported)
-    verdict = (
-        f"{endpoints} FastAPI endpoint(s) async; no blocking calls in owned async code"
-        if not findings
-        else f"{len(findings)} async consistency problem(s)"
-    )
+    if findings:
+        verdict = f"{len(findings)} async consistency problem(s)"
+    elif endpoints:
+        verdict = f"{endpoints} FastAPI endpoint(s) async; no blocking calls in owned async code"
+    else:
+        verdict = "no blocking calls in owned async code"
     return CheckOutcome(10, verdict, findings)

@@ -30,6 +30,8 @@ from taskbox_runner.verify.models import CheckOutcome, Finding, Framework
 from taskbox_runner.verify.process import harness_env, run_bounded
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from taskbox_runner.verify.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,32 @@ def find_fastapi_app(space: Workspace) -> AppLocation | None:
     return min(ranked, key=lambda item: item[0])[1] if ranked else None
 
 
+def find_flask_app(space: Workspace) -> AppLocation | None:
+    """A module-level ``Flask(...)`` instance, else a ``create_app`` factory (called as ``create_app()``)."""
+    ranked: list[tuple[tuple[object, ...], AppLocation]] = []
+    for rel, tree in space.trees(space.source_python):
+        if not imports_module(tree, "flask"):
+            continue
+        for node in tree.body:
+            target, value = _single_assignment(node)
+            if (
+                target is not None
+                and isinstance(value, ast.Call)
+                and last_name(value.func) == "Flask"
+            ):
+                ranked.append(
+                    ((0, not space.is_owned(rel), rel), AppLocation(rel, node.lineno, target))
+                )
+            elif isinstance(node, ast.FunctionDef) and node.name in {"create_app", "make_app"}:
+                ranked.append(
+                    (
+                        (1, not space.is_owned(rel), rel),
+                        AppLocation(rel, node.lineno, f"{node.name}()"),
+                    )
+                )
+    return min(ranked, key=lambda item: item[0])[1] if ranked else None
+
+
 def _single_assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
     if (
         isinstance(node, ast.Assign)
@@ -97,7 +125,7 @@ def _single_assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
 
 
 def dump_openapi(
-    space: Workspace, app: AppLocation, scratch_dir: Path
+    space: Workspace, app: AppLocation, scratch_dir: Path, kind: str = "fastapi"
 ) -> tuple[dict[str, Any] | None, str]:
     """Import the app in a subprocess; ``(the dump, '')`` or ``(None, why not)``."""
     output = scratch_dir / "served-openapi.json"
@@ -109,6 +137,7 @@ def dump_openapi(
         str(space.workdir),
         app.target,
         str(output),
+        kind,
     ]
     done = run_bounded(
         argv,
@@ -388,8 +417,14 @@ def compare_contract(
     contract_text: str,
     workdir: Path,
     app_location: AppLocation,
+    is_owned: Callable[[str], bool],
+    foreign: list[str],
+    details: bool = True,
 ) -> list[Finding]:
-    """Missing, extra and mismatched operations, each located in the contract or the app source."""
+    """Missing, extra and mismatched operations, each located in the contract or the app source.
+
+    Extra operations served from files outside the owned paths go to ``foreign`` instead.
+    """
     c_ops, s_ops = _operations(contract), _operations(served)
     prefix = _server_prefix(contract)
     lines = _contract_lines(contract_text)
@@ -419,7 +454,7 @@ def compare_contract(
             continue
         matched.add(key)
         s_path, s_op = s_ops[key]
-        differences = operation_differences(c_op, contract, s_op, served)
+        differences = operation_differences(c_op, contract, s_op, served) if details else []
         if key[1] not in (norm, prefix + norm):
             differences.insert(0, f"the app serves it as {s_path}")
         findings += [
@@ -428,14 +463,12 @@ def compare_contract(
     for key, (s_path, _) in sorted(s_ops.items()):
         if key not in matched:
             rel, line = sources.get(key, (app_location.rel, app_location.line))
-            findings.append(
-                Finding(
-                    rel,
-                    line,
-                    "TB0602",
-                    f"{key[0]} {s_path} is served by the app but not in the contract",
-                )
-            )
+            message = f"{key[0]} {s_path} is served by the app but not in the contract"
+            # Routes in files the task does not own are not the task's to remove: noted, not failed.
+            if is_owned(rel):
+                findings.append(Finding(rel, line, "TB0602", message))
+            else:
+                foreign.append(f"{rel}:{line}: {message}")
     return findings
 
 
@@ -462,40 +495,43 @@ def check_contract(
             "the contract could not be read",
             [Finding(openapi_path, 1, "TB0605", str(exc))],
         )
-    app = find_fastapi_app(space)
-    if app is None:
-        if framework in ("django", "flask"):
-            return CheckOutcome(
-                6,
-                f"not checked: comparing a {framework} app with the contract is not supported yet",
-            )
+    if framework == "django":
+        return CheckOutcome(
+            6, "not checked: comparing a Django app with the contract is not supported yet"
+        )
+    finders = [("fastapi", find_fastapi_app), ("flask", find_flask_app)]
+    if framework == "flask":
+        finders.reverse()
+    found = [(kind, app) for kind, finder in finders if (app := finder(space)) is not None]
+    if not found:
+        hint = "define the app as a module-level `app = FastAPI(...)` (e.g. in app/main.py)"
         return CheckOutcome(
             6,
-            "no FastAPI app found to compare with the contract",
-            [
-                Finding(
-                    openapi_path,
-                    1,
-                    "TB0604",
-                    "define the app as a module-level `app = FastAPI(...)` (e.g. in app/main.py)",
-                )
-            ],
+            "no app found to compare with the contract",
+            [Finding(openapi_path, 1, "TB0604", hint)],
         )
-    dump, problem = dump_openapi(space, app, scratch_dir)
+    kind, app = found[0]
+    dump, problem = dump_openapi(space, app, scratch_dir, kind)
     if dump is None:
         return CheckOutcome(
             6,
             f"the app {app.target} could not be imported",
             [Finding(app.rel, app.line, "TB0604", problem)],
         )
+    routes = dump.get("routes", [])
+    served = dump.get("openapi") or _document_from_routes(routes)
+    foreign: list[str] = []
     findings = compare_contract(
         contract,
-        dump.get("openapi", {}),
-        dump.get("routes", []),
+        served,
+        routes,
         contract_rel=openapi_path,
         contract_text=contract_text,
         workdir=space.workdir,
         app_location=app,
+        is_owned=space.is_owned,
+        foreign=foreign,
+        details=kind == "fastapi",
     )
     count = len(_operations(contract))
     verdict = (
@@ -503,4 +539,16 @@ def check_contract(
         if not findings
         else f"{app.target} differs from {openapi_path} in {len(findings)} place(s)"
     )
+    if foreign:
+        verdict += f"; {len(foreign)} other served operation(s) outside the owned paths not checked"
+    if kind == "flask":
+        verdict += " (Flask: methods and paths only)"
     return CheckOutcome(6, verdict, findings)
+
+
+def _document_from_routes(routes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A bare OpenAPI ``paths`` object from route rows, for apps that publish no OpenAPI (Flask)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(str(route["path"]), {})[str(route["method"]).lower()] = {}
+    return {"paths": paths}

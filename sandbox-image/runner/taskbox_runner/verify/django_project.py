@@ -2,17 +2,18 @@
 
 Tests run under pytest with pytest-django (one run, junit and coverage like
 every other project); ``manage.py makemigrations --check --dry-run`` runs in its
-own subprocess and reports into constraint 5.
+own subprocess (against in-memory SQLite, see ``django_migrations``) and reports into
+constraint 5.
 """
 
 from __future__ import annotations
 
 import ast
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from taskbox_runner.verify import django_migrations
 from taskbox_runner.verify.models import Finding
 from taskbox_runner.verify.process import harness_env, run_bounded
 
@@ -56,22 +57,11 @@ def check_migrations(
 ) -> list[Finding]:
     """A finding when models changed without a migration (or the check could not run)."""
     project_dir = (space.workdir / manage_py).parent
-    env = harness_env({"DJANGO_SETTINGS_MODULE": settings} if settings else {})
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(project_dir), env.get("PYTHONPATH", "")) if p
-    )
+    script = Path(django_migrations.__file__)
     done = run_bounded(
-        [
-            sys.executable,
-            "-P",
-            str(project_dir / "manage.py"),
-            "makemigrations",
-            "--check",
-            "--dry-run",
-            "--no-color",
-        ],
+        [sys.executable, "-P", str(script), str(project_dir), settings or ""],
         cwd=project_dir,
-        env=env,
+        env=harness_env(),
         timeout=MIGRATIONS_TIMEOUT_SECONDS,
         output_dir=scratch_dir,
         label="makemigrations",
@@ -82,12 +72,13 @@ def check_migrations(
         pending = [
             line.strip() for line in done.stdout.splitlines() if line.strip().endswith(".py")
         ]
+        listed = ", ".join(pending) or done.last_line()
         return [
             Finding(
                 manage_py,
                 1,
                 "TB0508",
-                f"models changed without migrations: {', '.join(pending) or done.last_line()}; run makemigrations",
+                f"models changed without migrations: {listed}; run makemigrations",
             )
         ]
     why = "timed out" if done.timed_out else done.last_line()

@@ -17,7 +17,14 @@ from taskbox_runner.verify.django_project import check_migrations, find_manage_p
 from taskbox_runner.verify.endpoints import ProjectTypes
 from taskbox_runner.verify.framework import detect_framework
 from taskbox_runner.verify.hardcoded_secrets import check_secrets
-from taskbox_runner.verify.models import CheckOutcome, Finding, VerificationReport, VerifyContext
+from taskbox_runner.verify.models import (
+    CheckOutcome,
+    Finding,
+    Framework,
+    VerificationReport,
+    VerifyContext,
+    scrub_text,
+)
 from taskbox_runner.verify.pydantic_bodies import check_request_validation
 from taskbox_runner.verify.pytest_run import PytestRun, run_pytest
 from taskbox_runner.verify.ruff_checks import (
@@ -28,11 +35,14 @@ from taskbox_runner.verify.ruff_checks import (
 )
 from taskbox_runner.verify.ruff_run import run_ruff
 from taskbox_runner.verify.sql_injection import check_sql_injection
-from taskbox_runner.verify.suite_index import index_test_lines
+from taskbox_runner.verify.suite_index import TestLines, index_test_lines
 from taskbox_runner.verify.tests_pass import check_tests, model_conftests
 from taskbox_runner.verify.workspace import Workspace
 
 logger = logging.getLogger(__name__)
+
+#: Test ids named in one warning before the rest are only counted.
+NAMES_IN_A_WARNING = 10
 
 #: Config files the harness reads from the base copy only; a model edit to them is reported.
 TOOL_CONFIG_FILES = frozenset(
@@ -108,7 +118,11 @@ def verify(ctx: VerifyContext) -> VerificationReport:
         framework=framework,
         test_results=results_of(tests),
         constraints=[outcome.to_report(scrub) for outcome in outcomes],
-        warnings=collect_warnings(ctx, space, tests) + noqa_warnings(space, ruff),
+        warnings=[
+            scrub_text(w, scrub)
+            for w in collect_warnings(ctx, space, tests, framework, now)
+            + noqa_warnings(space, ruff)
+        ],
     )
 
 
@@ -118,16 +132,21 @@ def results_of(tests: PytestRun) -> TestResults:
     coverage = tests.coverage.percent_covered if tests.coverage is not None else None
     if junit is None:
         return TestResults(coverage_percent=coverage)
+    # pytest counts a test that fails and then errors in teardown once in ``tests`` but in both
+    # ``failures`` and ``errors``; cap so the contract's passed+failed+skipped <= total holds.
+    skipped = min(junit.skipped, junit.tests)
     return TestResults(
         total=junit.tests,
         passed=junit.passed,
-        failed=junit.failed,
-        skipped=junit.skipped,
+        failed=min(junit.failed, junit.tests - skipped),
+        skipped=skipped,
         coverage_percent=coverage,
     )
 
 
-def collect_warnings(ctx: VerifyContext, space: Workspace, tests: PytestRun) -> list[str]:
+def collect_warnings(
+    ctx: VerifyContext, space: Workspace, tests: PytestRun, framework: Framework, now: TestLines
+) -> list[str]:
     """What a reviewer should know that the verdicts do not say by themselves."""
     warnings = [
         f"conftest.py written by the model: {rel} (it runs inside the test session; review it)"
@@ -143,6 +162,20 @@ def collect_warnings(ctx: VerifyContext, space: Workspace, tests: PytestRun) -> 
         warnings.append(f"files changed outside the owned paths: {', '.join(sorted(outside))}")
     if ctx.base_tests is None:
         warnings.append("no base test index was given: removed tests were not checked")
+    removed = [
+        f"{rel}::{test_id}"
+        for rel, ids in sorted((ctx.base_tests or {}).items())
+        for test_id in ids
+        if test_id not in now.get(rel, {})
+    ]
+    if removed:
+        more = len(removed) - NAMES_IN_A_WARNING
+        shown = ", ".join(removed[:NAMES_IN_A_WARNING]) + (f" and {more} more" if more > 0 else "")
+        warnings.append(f"{len(removed)} test(s) removed since the base: {shown}")
+    if ctx.openapi_path and framework == "django":
+        warnings.append(
+            "the contract was not compared with the app: Django apps are not inspected yet"
+        )
     if space.truncated:
         warnings.append("the repository has too many files: some were not checked")
     junit = tests.junit

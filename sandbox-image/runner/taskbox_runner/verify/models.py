@@ -8,6 +8,7 @@ is rendered from those same strings.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -107,12 +108,16 @@ class CheckOutcome:
         )
 
 
+_TMP_PATH = re.compile(r"/tmp/[\w.+-]+(?:/[\w.+-]+)*")  # noqa: S108 - matched to be removed
+
+
 def scrub_text(text: str, prefixes: tuple[str, ...]) -> str:
-    """Drop absolute harness paths (workdir, scratch) so feedback is stable and tmp-free."""
+    """Drop absolute harness paths (workdir, scratch), then any other /tmp path (pytest's tmp_path
+    in a failure message), so the feedback is stable from run to run."""
     for prefix in prefixes:
         if prefix:
             text = text.replace(prefix.rstrip("/") + "/", "").replace(prefix, ".")
-    return text
+    return _TMP_PATH.sub("<tmp>", text)
 
 
 class VerificationReport(BaseModel):

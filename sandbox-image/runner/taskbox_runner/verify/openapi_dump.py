@@ -1,7 +1,9 @@
-"""Run as a script in a subprocess: import a FastAPI app, write its OpenAPI and route sources as JSON.
+"""Run as a script in a subprocess: import a web app, write its OpenAPI and route sources as JSON.
 
-Usage: ``python -P openapi_dump.py WORKDIR MODULE:ATTR OUTPUT.json``. Importing
-the app runs the project's code, so this never happens in the harness process.
+Usage: ``python -P openapi_dump.py WORKDIR MODULE:ATTR OUTPUT.json [fastapi|flask]``;
+``ATTR`` ending in ``()`` is an app factory to call. FastAPI apps give their
+OpenAPI document; Flask apps give their URL rules only. Importing the app runs
+the project's code, so this never happens in the harness process.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,17 +60,44 @@ def route_sources(app: Any) -> list[dict[str, Any]]:
     return found
 
 
+_FLASK_PARAM = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+def flask_routes(app: Any) -> list[dict[str, Any]]:
+    """Method, OpenAPI-style path and view source for each Flask URL rule (static files left out)."""
+    found = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        view = app.view_functions.get(rule.endpoint)
+        try:
+            source = inspect.getsourcefile(view) or "" if view else ""
+            line = inspect.getsourcelines(view)[1] if view else 1
+        except (OSError, TypeError):
+            source, line = "", 1
+        path = _FLASK_PARAM.sub(r"{\1}", rule.rule)
+        found += [
+            {"method": m, "path": path, "file": source, "line": line}
+            for m in sorted(set(rule.methods or ()) - {"HEAD", "OPTIONS"})
+        ]
+    return found
+
+
 def main(argv: list[str]) -> int:
     """Import ``MODULE:ATTR`` from ``WORKDIR`` and write ``{"openapi", "routes"}`` to OUTPUT."""
     workdir, target, output = Path(argv[1]), argv[2], Path(argv[3])
+    kind = argv[4] if len(argv) > 4 else "fastapi"  # noqa: PLR2004 - the optional fifth argument
     sys.path[:0] = [str(workdir), str(workdir / "src")]
     module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
-    app = getattr(module, attr or "app")
-    document = app.openapi()
-    output.write_text(
-        json.dumps({"openapi": document, "routes": route_sources(app)}), encoding="utf-8"
-    )
+    app = getattr(module, (attr or "app").removesuffix("()"))
+    if attr.endswith("()"):
+        app = app()
+    if kind == "flask":
+        data = {"openapi": None, "routes": flask_routes(app)}
+    else:
+        data = {"openapi": app.openapi(), "routes": route_sources(app)}
+    output.write_text(json.dumps(data), encoding="utf-8")
     return 0
 
 

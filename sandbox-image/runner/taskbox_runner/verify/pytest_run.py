@@ -5,8 +5,8 @@ plugin entry point cannot switch tests or coverage off: pytest reads only the
 harness ini (``-c``; a few keys copied from the *base* project config), plugin
 autoloading is off and the allowed plugins are named with ``-p``, coverage
 reads only the harness rcfile, and ``python -P`` keeps the repository off
-``sys.path`` until pytest itself adds it (so a ``pytest.py`` there cannot stand
-in for pytest). Code the tests import (conftest.py included) still runs inside
+``sys.path`` until pytest itself adds it, with pytest and coverage imported
+before that (so a ``pytest.py`` or ``coverage.py`` there cannot stand in). Code the tests import (conftest.py included) still runs inside
 the session: the checks compare what ran with what the files define.
 """
 
@@ -50,6 +50,11 @@ CARRIED_KEYS = (
     "asyncio_default_fixture_loop_scope",
     "DJANGO_SETTINGS_MODULE",
 )
+
+
+#: Runs pytest after importing coverage: pytest-cov imports it only once the repository is
+#: on sys.path, where a ``coverage.py`` of the project's would otherwise be found first.
+PYTEST_BOOTSTRAP = "import coverage, pytest, sys; sys.exit(pytest.console_main())"
 
 
 @dataclass(frozen=True)
@@ -213,7 +218,7 @@ def coverage_scope(space: Workspace) -> tuple[list[str], list[str]]:
     include: list[str] = []
     for owned in space.owns_paths:
         target = space.workdir / owned
-        if owned.endswith("/"):
+        if owned == "" or owned.endswith("/"):
             if target.is_dir():
                 sources.add(str(target.resolve()))
                 include.append(f"{target.resolve()}/*")
@@ -223,7 +228,7 @@ def coverage_scope(space: Workspace) -> tuple[list[str], list[str]]:
     return sorted(sources), include
 
 
-def test_targets(base: dict[str, Any], workdir: Path) -> list[str]:
+def collection_targets(base: dict[str, Any], workdir: Path) -> list[str]:
     """The base config's ``testpaths`` that exist, else the whole repository."""
     targets = [workdir / p for p in _as_list(base.get("testpaths", []))]
     existing = [str(t) for t in targets if t.exists() and t.resolve().is_relative_to(workdir)]
@@ -241,6 +246,10 @@ def run_pytest(
     """Run the repository's tests once with coverage; read junit and coverage JSON back."""
     workdir = space.workdir
     plugins = installed_plugins()
+    base = base_pytest_settings(base_config_dir)
+    if not (django_settings or base.get("DJANGO_SETTINGS_MODULE")):
+        # pytest-django only for Django projects: it imports Django and reads its settings.
+        plugins.pop("django", None)
     run = PytestRun(plugins=sorted(plugins))
     if "pytest_cov" not in plugins:
         run.problem = "pytest-cov is not installed in this environment"
@@ -250,7 +259,6 @@ def run_pytest(
     data_file = scratch_dir / ".coverage"
     for stale in (junit_path, cov_json, data_file):
         stale.unlink(missing_ok=True)
-    base = base_pytest_settings(base_config_dir)
     extra = {"DJANGO_SETTINGS_MODULE": django_settings} if django_settings else {}
     ini = scratch_dir / "harness-pytest.ini"
     write_harness_ini(ini, base, workdir, plugins, extra)
@@ -260,8 +268,8 @@ def run_pytest(
     argv = [
         sys.executable,
         "-P",
-        "-m",
-        "pytest",
+        "-c",
+        PYTEST_BOOTSTRAP,
         "-c",
         str(ini),
         "--rootdir",
@@ -279,7 +287,7 @@ def run_pytest(
     if sources:
         argv += [f"--cov={s}" for s in sources]
         argv += [f"--cov-config={rcfile}", f"--cov-report=json:{cov_json}"]
-    argv += test_targets(base, workdir)
+    argv += collection_targets(base, workdir)
     env = harness_env(
         {
             "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",

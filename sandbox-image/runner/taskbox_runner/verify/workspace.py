@@ -104,8 +104,9 @@ class Workspace:
     ) -> Workspace:
         """Walk ``workdir`` once: every Python file, and every file under the owned paths."""
         root = workdir.resolve()
-        owns = tuple(_normalise(p) for p in owns_paths)
-        space = cls(root, tuple(p for p in owns if p), tuple(_normalise(p) for p in changed_files))
+        # "." or "/" (the whole repository) normalises to "" and then owns every path.
+        owns = tuple(_as_folder(root, _normalise(p)) for p in owns_paths)
+        space = cls(root, owns, tuple(_normalise(p) for p in changed_files))
         for count, path in enumerate(walk_files(root, root), start=1):
             if count > MAX_FILES:
                 space.truncated = True
@@ -125,7 +126,7 @@ class Workspace:
     def is_owned(self, rel: str) -> bool:
         """Whether a repository-relative path lies under one of the owned paths."""
         for owned in self.owns_paths:
-            if owned.endswith("/"):
+            if owned == "" or owned.endswith("/"):
                 if rel.startswith(owned):
                     return True
             elif rel == owned:
@@ -179,9 +180,17 @@ class Workspace:
                 yield rel, tree
 
 
+def _as_folder(root: Path, owned: str) -> str:
+    """An owned entry naming an existing folder gets its trailing '/' even if the caller left it off."""
+    if owned and not owned.endswith("/") and (root / owned).is_dir():
+        return f"{owned}/"
+    return owned
+
+
 def _normalise(path: str) -> str:
     """Repository-relative, forward slashes, no leading './'; directories keep their '/'."""
     text = path.replace("\\", "/").strip()
     while text.startswith("./"):
         text = text[2:]
-    return text.lstrip("/")
+    text = text.lstrip("/")
+    return "" if text == "." else text

@@ -1,0 +1,5 @@
+"""URL configuration."""
+
+from django.urls import include, path
+
+urlpatterns = [path("api/", include("notes.urls"))]
