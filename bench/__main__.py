@@ -142,21 +142,24 @@ def main(argv: list[str]) -> int:
         scratch=scratch,
         quick=args.quick,
     )
+    machine = machine_info(client)
+    write = not (args.quick or args.no_write)
     results: list[BenchResult] = []
     try:
-        results = [_run_one(name, ctx) for name in names]
+        for name in names:
+            results.append(_run_one(name, ctx))
+            if write:
+                # After each benchmark: a suite stopped at its time limit keeps what it measured.
+                json_path, _ = write_results(results[-1:], machine)
+                log.info("%s written to %s (and .md)", name.upper(), json_path)
     finally:
         remove_bench_containers(client)
         # The peers' tag of the image (absent when the peers did not run).
         with contextlib.suppress(DockerException):
             client.api.remove_image(PEER_IMAGE_TAG, noprune=True)
         shutil.rmtree(scratch, ignore_errors=True)
-    machine = machine_info(client)
-    if args.quick:
-        log.info("quick run: results are not written")
-    elif not args.no_write:
-        json_path, md_path = write_results(results, machine)
-        log.info("wrote %s and %s", json_path, md_path)
+    if not write:
+        log.info("results not written (--quick or --no-write)")
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     print(
         render_markdown(

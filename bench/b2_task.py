@@ -80,7 +80,7 @@ def _span(marks: Marks, begin: str, end: str) -> float | None:
 
 def run(ctx: BenchContext) -> BenchResult:
     """N trivial tasks end to end; the per-stage table and the controller's share."""
-    started_at, budget = datetime.now(UTC), Budget(180)
+    started_at, budget = datetime.now(UTC), Budget(120)
     repetitions, warmup = ctx.reps(5, 1), ctx.reps(1, 0)
     root = ctx.folder("b2")
     repo = example_repo(root / "repo")

@@ -170,7 +170,7 @@ class _Verifier:
 
 def run(ctx: BenchContext) -> BenchResult:
     """Warm both once, then N rounds of (sandbox, host)."""
-    started_at, budget = datetime.now(UTC), Budget(150)
+    started_at, budget = datetime.now(UTC), Budget(120)
     repetitions = ctx.reps(5, 1)
     verifier = _Verifier(ctx, ctx.folder("b4"))
     # The first sandbox keeps its staging folder: the host verifies a copy of exactly that tree.

@@ -116,7 +116,7 @@ def _cycle(backend: BenchBackend, specs: HardenedSpecs, count: int) -> _Cycle:
 
 def run(ctx: BenchContext) -> BenchResult:
     """Three cycles of 8 idle sandboxes: medians of the memory views; removal of running ones, timed."""
-    started_at, budget = datetime.now(UTC), Budget(90)
+    started_at, budget = datetime.now(UTC), Budget(60)
     count = ctx.reps(SANDBOXES, 2)
     specs = HardenedSpecs(ctx, "b6", ["sleep", "600"])
     backend = BenchBackend(ctx.client)

@@ -75,7 +75,7 @@ def census(client: docker.DockerClient, runs_dir: Path) -> dict[str, int]:
 
 def run(ctx: BenchContext) -> BenchResult:
     """50 runs, the census before and after, and the remove latency of each run."""
-    started_at, budget = datetime.now(UTC), Budget(120)
+    started_at, budget = datetime.now(UTC), Budget(90)
     runs = ctx.reps(RUNS, 5)
     root = ctx.folder("b8")
     repo, task = tiny_repo(root / "repo"), tiny_task()
@@ -124,11 +124,13 @@ def run(ctx: BenchContext) -> BenchResult:
     remove_table, remove_data = timing_table(
         "DockerBackend.remove after the command exited", {"remove (exited)": removes}
     )
-    leaks = {name: after[name] - before[name] for name in before if after[name] != before[name]}
+    # Only growth is a leak; engine-wide counts also move with other people's containers.
+    leaks = {name: after[name] - before[name] for name in before if after[name] > before[name]}
     notes = [
-        "No leak: every count is back where it started, and no orphan is left."
+        "No leak: nothing grew over the runs, and no orphan is left."
         if not leaks and not orphans
-        else f"Changed after the runs: {leaks}; orphans: {[o.name for o in orphans]}.",
+        else f"Grew over the runs: {leaks}; orphans: {[o.name for o in orphans]}.",
+        "Engine-wide counts (containers, volumes, cgroups, shims) include other users of the engine.",
     ]
     return BenchResult(
         key="B8",

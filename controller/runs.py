@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, ValidationError
 from taskbox_runner.config import RunBudget, RunConfig
@@ -26,6 +26,7 @@ from controller.contract import Task, TaskResult, TaskStatus
 from controller.errors import IngestionError, InvalidTaskError, SandboxError, TaskboxError
 from controller.gateway import GatewayThread, GatewayUsage, ModelGateway, make_upstream
 from controller.gitrepo import ensure_repository, list_tree, resolve_commit
+from controller.image import image_for_repo
 from controller.ingest import CommitIdentity, ingest
 from controller.policy.loader import effective_policy, policy_for_worker
 from controller.policy.planner import MountPlan, plan_mounts
@@ -34,6 +35,7 @@ from controller.sandbox.spec import GATEWAY_DIR, ContainerSpec, build_container_
 from controller.staging import remove_staging, stage_run
 
 if TYPE_CHECKING:
+    from controller.image import ImageEngine
     from controller.policy.schema import Policy
     from controller.settings import Settings
 
@@ -62,14 +64,6 @@ class RunEvent(BaseModel):
 
 
 EventSink = Callable[[RunEvent], None]
-
-
-class ImageResolver(Protocol):
-    """What the runner needs of the image store: the content id of a tag."""
-
-    def image_id(self, ref: str) -> str | None:
-        """The image's content id, or None when it is not built."""
-        ...
 
 
 class RunMeta(BaseModel):
@@ -174,7 +168,7 @@ class TaskRunner:
         self,
         settings: Settings,
         backend: SandboxBackend,
-        images: ImageResolver,
+        images: ImageEngine,
         *,
         model: str = "anthropic",
         controller_id: str = "taskbox",
@@ -289,12 +283,18 @@ class TaskRunner:
             run.plan,
             run.sink,
         )
-        image_id = self._images.image_id(policy.image)
-        if image_id is None:
-            raise SandboxError(
-                f"sandbox image {policy.image} is missing: run `taskbox image build`"
+        # A repository whose dependencies were built into a layer (`taskbox image build
+        # --repo`) runs on that layer: tasks run offline, so that is how its imports resolve.
+        image = (
+            image_for_repo(
+                run.repo, plan.base_commit, engine=self._images, sandbox_image=policy.image
             )
-        meta.image, meta.image_id = policy.image, image_id
+            or policy.image
+        )
+        image_id = self._images.image_id(image)
+        if image_id is None:
+            raise SandboxError(f"sandbox image {image} is missing: run `taskbox image build`")
+        meta.image, meta.image_id = image, image_id
         record.write_json("run.json", meta.model_dump(mode="json"))
 
         token = secrets.token_urlsafe(32)

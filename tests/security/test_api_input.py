@@ -155,7 +155,7 @@ def bad_credentials() -> dict[str, dict[str, str]]:
         "wrong": {"Authorization": "Bearer " + secrets.token_urlsafe(24)},
         "truncated": {"Authorization": "Bearer " + TOKEN_ALL[:-1]},
         "extended": {"Authorization": "Bearer " + TOKEN_ALL + "x"},
-        "empty": {"Authorization": "Bearer "},
+        "empty": {"Authorization": "Bearer"},
         "basic": {"Authorization": "Basic " + base64.b64encode(f"x:{TOKEN_ALL}".encode()).decode()},
         "no-scheme": {"Authorization": TOKEN_ALL},
         "x-api-key": {"x-api-key": TOKEN_ALL},

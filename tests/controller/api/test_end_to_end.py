@@ -77,7 +77,7 @@ def test_submit_follow_events_read_result_and_find_the_branch(
     assert body["status"] == "succeeded", body.get("reason")
     assert body["git_commit"] == git(hello_repo, "rev-parse", "taskbox/BE-101").strip()
 
-    audit = client.get(f"/v1/tasks/{task_id}/audit").json()
+    audit = client.get(f"/v1/tasks/{task_id}/audit").json()["audit"]
     assert audit["container"]["HostConfig"]["ReadonlyRootfs"] is True
     assert audit["policy"]["digest"].startswith("sha256:")
 
