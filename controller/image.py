@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SANDBOX_IMAGE = "taskbox-sandbox:latest"
+CONTROLLER_IMAGE = "taskbox-controller:latest"
 DEFAULT_BASE_IMAGE = "python:3.12-slim"
 LOCAL_BASE_REPOSITORY = "taskbox-base"
 DEBIAN_SUITE = "bookworm"
@@ -545,23 +546,79 @@ def build_sandbox_image(
     on_output: Callable[[str], None] | None = None,
 ) -> ImageBuildResult:
     """Build the sandbox image from sandbox-image/Dockerfile, offline when it must be."""
+    image_dir = project_root / "sandbox-image"
+    return _build_with_wheelhouse(
+        engine,
+        dockerfile=image_dir / "Dockerfile",
+        requirements=(image_dir / "requirements.txt").read_text(),
+        extra_dirs={},
+        base_image=base_image,
+        tag=tag,
+        project_root=project_root,
+        cache_dir=cache_dir,
+        on_output=on_output,
+    )
+
+
+def controller_requirements(project_root: Path = PROJECT_ROOT) -> str:
+    """The controller's runtime dependencies, as requirements-file text, from pyproject.toml."""
+    project = tomllib.loads((project_root / "pyproject.toml").read_text())["project"]
+    return "".join(f"{dep}\n" for dep in project["dependencies"])
+
+
+def build_controller_image(
+    engine: ImageEngine,
+    *,
+    base_image: str | None = None,
+    tag: str = CONTROLLER_IMAGE,
+    project_root: Path = PROJECT_ROOT,
+    cache_dir: Path = CACHE_DIR,
+    on_output: Callable[[str], None] | None = None,
+) -> ImageBuildResult:
+    """Build the controller image (the root Dockerfile) for compose, offline when it must be."""
+    return _build_with_wheelhouse(
+        engine,
+        dockerfile=project_root / "Dockerfile",
+        requirements=controller_requirements(project_root),
+        extra_dirs={"policies": project_root / "policies"},
+        base_image=base_image,
+        tag=tag,
+        project_root=project_root,
+        cache_dir=cache_dir,
+        on_output=on_output,
+    )
+
+
+def _build_with_wheelhouse(
+    engine: ImageEngine,
+    *,
+    dockerfile: Path,
+    requirements: str,
+    extra_dirs: Mapping[str, Path],
+    base_image: str | None,
+    tag: str,
+    project_root: Path,
+    cache_dir: Path,
+    on_output: Callable[[str], None] | None,
+) -> ImageBuildResult:
+    """Build ``dockerfile`` from a context of requirements, a host-made wheelhouse and Taskbox's wheel."""
     started = time.monotonic()
     base, network = resolve_base_image(engine, base_image, on_output=on_output)
     base_id = engine.image_id(base) or ""
     target = probe_python(engine, base, cache_dir)
-    image_dir = project_root / "sandbox-image"
-    requirements = (image_dir / "requirements.txt").read_text()
     house = download_wheelhouse(requirements, target, cache_dir, on_output=on_output)
     wheel = build_project_wheel(project_root, cache_dir)
     with tempfile.TemporaryDirectory(prefix="taskbox-context-") as tmp:
         context = Path(tmp)
-        shutil.copy2(image_dir / "Dockerfile", context / "Dockerfile")
-        shutil.copy2(image_dir / "requirements.txt", context / "requirements.txt")
+        shutil.copy2(dockerfile, context / "Dockerfile")
+        (context / "requirements.txt").write_text(requirements)
         (context / "wheels").mkdir()
         for whl in house.glob("*.whl"):
             _link_or_copy(whl, context / "wheels" / whl.name)
         (context / "dist").mkdir()
         shutil.copy2(wheel, context / "dist" / wheel.name)
+        for name, folder in extra_dirs.items():
+            shutil.copytree(folder, context / name)
         _say(on_output, f"docker build: {tag} FROM {base}")
         image_id = engine.build(
             context,

@@ -10,7 +10,13 @@ import click
 from controller.cli.common import CliError
 from controller.errors import TaskboxError
 from controller.gitrepo import ensure_repository, resolve_commit
-from controller.image import SANDBOX_IMAGE, build_repo_image, build_sandbox_image
+from controller.image import (
+    CONTROLLER_IMAGE,
+    SANDBOX_IMAGE,
+    build_controller_image,
+    build_repo_image,
+    build_sandbox_image,
+)
 from controller.sandbox.docker import DockerImages
 from controller.settings import get_settings
 
@@ -47,6 +53,11 @@ def _progress(text: str) -> None:
     default=None,
     help=f"Tag of the sandbox image (default: the settings' image, {SANDBOX_IMAGE}).",
 )
+@click.option(
+    "--controller",
+    is_flag=True,
+    help="Build the controller's own image (taskbox-controller:latest) for compose instead.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No build progress on stderr.")
 def build(  # noqa: PLR0917 - click passes every option as a parameter
@@ -54,15 +65,22 @@ def build(  # noqa: PLR0917 - click passes every option as a parameter
     base_ref: str,
     base_image: str | None,
     tag: str | None,
+    controller: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Build the sandbox image and print its image ID (which every run records)."""
     settings = get_settings()
     on_output = None if quiet else _progress
+    if controller and repo is not None:
+        raise CliError("--controller and --repo build different images: give one")
     try:
         engine = DockerImages.from_settings(settings)
-        if repo is None:
+        if controller:
+            result = build_controller_image(
+                engine, base_image=base_image, tag=tag or CONTROLLER_IMAGE, on_output=on_output
+            )
+        elif repo is None:
             result = build_sandbox_image(
                 engine, base_image=base_image, tag=tag or settings.image, on_output=on_output
             )
