@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from bench.harness import (
     to_json,
 )
 from bench.projects import example_repo, trivial_script, trivial_task
+from bench.specs import HardenedSpecs
 from controller.runs import TaskRunner, new_run_id
 from controller.sandbox.docker import DockerImages
 
@@ -76,6 +78,63 @@ def _span(marks: Marks, begin: str, end: str) -> float | None:
     """From the first ``begin`` to the last ``end``."""
     t0, t1 = marks.first(begin), marks.last(end)
     return None if t0 is None or t1 is None else t1 - t0
+
+
+#: Boot and exit of the runner's interpreter, isolated: each prints (import seconds, wall clock).
+PROBES = {
+    "python, nothing imported": "import time; print(0.0, time.time(), flush=True)",
+    "import anthropic, normal exit": (
+        "import time; t = time.perf_counter(); import anthropic; "
+        "print(time.perf_counter() - t, time.time(), flush=True)"
+    ),
+    "import anthropic, os._exit(0) after flush": (
+        "import os, time; t = time.perf_counter(); import anthropic; "
+        "print(time.perf_counter() - t, time.time(), flush=True); os._exit(0)"
+    ),
+}
+
+
+def _probe_boot_and_exit(
+    ctx: BenchContext, repetitions: int, budget: Budget
+) -> tuple[Table, dict[str, dict[str, float]]]:
+    """How long importing the model SDK takes, and how long the interpreter then takes to exit."""
+    specs = HardenedSpecs(ctx, "b2-probe", ["true"])
+    backend = BenchBackend(ctx.client)
+    imports: dict[str, list[float]] = {label: [] for label in PROBES}
+    lags: dict[str, list[float]] = {label: [] for label in PROBES}
+    for _ in iter_with_budget(repetitions, budget):
+        for label, code in PROBES.items():
+            handle = backend.create(specs.spec(["python", "-c", code]))
+            try:
+                backend.start(handle)
+                outcome = backend.wait(handle, timeout_seconds=60)
+                exited = time.time()
+            finally:
+                backend.remove(handle)
+            fields = outcome.log_tail.split()
+            expect(outcome.exit_code == 0 and len(fields) == 2, f"{label}: {outcome.log_tail!r}")
+            imports[label].append(float(fields[0]))
+            lags[label].append(exited - float(fields[1]))
+    rows = []
+    data: dict[str, dict[str, float]] = {}
+    for label in PROBES:
+        imported, lag = Stats.of_seconds(imports[label]), Stats.of_seconds(lags[label])
+        data[label] = {"import_median_ms": imported.median_ms, "exit_lag_median_ms": lag.median_ms}
+        rows.append(
+            [
+                label,
+                str(lag.n),
+                fmt_ms(imported.median_ms),
+                fmt_ms(lag.median_ms),
+                fmt_ms(lag.p95_ms),
+            ]
+        )
+    table = Table(
+        title="The runner's interpreter in the hardened sandbox, isolated",
+        headers=["probe", "n", "import median ms", "last print → exit seen, median ms", "p95 ms"],
+        rows=rows,
+    )
+    return table, data
 
 
 def run(ctx: BenchContext) -> BenchResult:
@@ -135,6 +194,7 @@ def run(ctx: BenchContext) -> BenchResult:
             "p95_ms": stats.p95_ms,
             "share_percent": round(share, 1),
         }
+    probe_table, probes = _probe_boot_and_exit(ctx, ctx.reps(5, 1), budget)
     table = Table(
         title=f"One trivial task through TaskRunner.execute, N={len(runs)} (stages are consecutive)",
         headers=["stage", "median ms", "p95 ms", "share of median total"],
@@ -155,6 +215,13 @@ def run(ctx: BenchContext) -> BenchResult:
             notes.append(
                 f"{label}: {stage['median_ms']:.0f} ms ({stage['share_percent']:.0f}% of the task)."
             )
+    normal = probes["import anthropic, normal exit"]
+    quick = probes["import anthropic, os._exit(0) after flush"]
+    notes.append(
+        f"Importing the model SDK (anthropic) alone takes {normal['import_median_ms']:.0f} ms in the sandbox; "
+        f"after it, the interpreter needs {normal['exit_lag_median_ms']:.0f} ms to exit (tearing down the "
+        f"imported modules) against {quick['exit_lag_median_ms']:.0f} ms with os._exit(0) after flushing."
+    )
     if missing:
         notes.append("No mark for: " + "; ".join(missing) + " (the runner's log lines changed?).")
     return BenchResult(
@@ -162,7 +229,12 @@ def run(ctx: BenchContext) -> BenchResult:
         title="controller overhead of one whole task",
         started_at=started_at,
         duration_seconds=round(budget.elapsed(), 1),
-        tables=[table],
+        tables=[table, probe_table],
         notes=notes,
-        data={"stages": to_json(data), "statuses": list(statuses), "repetitions": len(runs)},
+        data={
+            "stages": to_json(data),
+            "interpreter_probes": to_json(probes),
+            "statuses": list(statuses),
+            "repetitions": len(runs),
+        },
     )

@@ -10,6 +10,7 @@ from controller import __version__
 from controller.cli.api import api
 from controller.cli.image import image
 from controller.cli.policy import policy
+from controller.cli.preflight import preflight
 from controller.cli.run import run
 from controller.cli.sandbox import sandbox
 from controller.cli.schema import schema
@@ -32,6 +33,7 @@ cli.add_command(serve)
 cli.add_command(api)
 cli.add_command(image)
 cli.add_command(sandbox)
+cli.add_command(preflight)
 
 
 def main() -> None:
