@@ -162,8 +162,9 @@ def run(ctx: BenchContext) -> BenchResult:
     notes = [
         (
             f"An idle sandbox costs about {cgroup_mib + shim_mib:.0f} MiB that can be attributed to it, most of it "
-            f"the containerd shim ({shim_mib:.0f} MiB); the host's MemAvailable fell by {per_sandbox:.0f} MiB a "
-            "sandbox. The 2 GiB limit of the be-python policy is a ceiling, not a reservation."
+            f"the containerd shim ({shim_mib:.0f} MiB); the host's MemAvailable moved by {-per_sandbox:+.1f} MiB a "
+            "sandbox, within the noise of everything else on the machine. The 2 GiB limit of the be-python "
+            "policy is a ceiling, not a reservation."
         ),
         (
             f"Removing a running sandbox takes {removal.median_ms:.0f} ms median ({removal.p95_ms:.0f} ms p95): "

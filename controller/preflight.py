@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from controller.policy.schema import Policy
     from controller.sandbox.backend import SandboxBackend
+    from controller.sandbox.docker import DockerBackend
     from controller.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,11 @@ def check_user_namespaces(info: Mapping[str, Any]) -> Check:
     """Report user namespaces: remapping (or a rootless engine) turns an escape into an unprivileged uid."""
     options = _security_options(info)
     if "rootless" in options:
-        return Check(name="engine.userns", level=Level.OK, summary="rootless engine: root in the engine is not host root")
+        return Check(
+            name="engine.userns",
+            level=Level.OK,
+            summary="rootless engine: root in the engine is not host root",
+        )
     if "userns" in options:
         return Check(name="engine.userns", level=Level.OK, summary="userns-remap is on")
     return Check(
@@ -302,7 +307,9 @@ def check_lsm(info: Mapping[str, Any]) -> Check:
     options = _security_options(info)
     present = [name for name in ("apparmor", "selinux") if name in options]
     if present:
-        return Check(name="engine.lsm", level=Level.OK, summary=f"{' and '.join(present)} confine containers")
+        return Check(
+            name="engine.lsm", level=Level.OK, summary=f"{' and '.join(present)} confine containers"
+        )
     return Check(
         name="engine.lsm",
         level=Level.WARN,
@@ -331,7 +338,9 @@ def check_cgroups(info: Mapping[str, Any]) -> list[Check]:
                 )
             )
     if info.get("SwapLimit"):
-        checks.append(Check(name="cgroup.swap", level=Level.OK, summary="swap is limited with memory"))
+        checks.append(
+            Check(name="cgroup.swap", level=Level.OK, summary="swap is limited with memory")
+        )
     else:
         checks.append(
             Check(
@@ -440,7 +449,9 @@ def engine_socket_path(docker_host: str | None) -> Path | None:
 def check_spec_mounts(spec: ContainerSpec, socket_path: Path | None) -> Check:
     """No mount of a sandbox may be, or contain, the engine's socket (that is host root)."""
     if socket_path is None:
-        return Check(name="sandbox.mounts", level=Level.OK, summary="the engine is not on a local socket")
+        return Check(
+            name="sandbox.mounts", level=Level.OK, summary="the engine is not on a local socket"
+        )
     for mount in spec.mounts:
         source = Path(os.path.realpath(mount.source))
         if socket_path == source or socket_path.is_relative_to(source):
@@ -477,7 +488,9 @@ def check_git(raw: str | None) -> Check:
     """Host git runs on sandbox output (bundles only): it should carry the 2024 clone/hook fixes."""
     parsed = parse_version(raw)
     if parsed is None:
-        return Check(name="host.git", level=Level.WARN, summary=f"cannot read the git version ({raw!r})")
+        return Check(
+            name="host.git", level=Level.WARN, summary=f"cannot read the git version ({raw!r})"
+        )
     line = parsed[:2]
     fixed_patch = GIT_FIXED_LINES.get(line)
     if line < GIT_FIRST_FIXED_LINE or (fixed_patch is not None and parsed[2] < fixed_patch):
@@ -542,11 +555,11 @@ print(json.dumps({
 def _cpu_cores(report: Mapping[str, Any]) -> float | None:
     """The CPU quota in cores, from cgroup v1 or v2 files."""
     if report.get("cpu_max"):
-        quota, _, period = str(report["cpu_max"]).partition(" ")
-        return None if quota == "max" else int(quota) / int(period)
+        limit, _, period = str(report["cpu_max"]).partition(" ")
+        return None if limit == "max" else int(limit) / int(period)
     if report.get("cpu_quota") and report.get("cpu_period"):
-        quota = int(report["cpu_quota"])
-        return None if quota < 0 else quota / int(report["cpu_period"])
+        quota_us = int(report["cpu_quota"])
+        return None if quota_us < 0 else quota_us / int(report["cpu_period"])
     return None
 
 
@@ -568,11 +581,36 @@ def sandbox_checks(report: Mapping[str, Any], policy: Policy) -> list[Check]:
     cores = _cpu_cores(report)
     sockets = list(report.get("sockets") or [])
     return [
-        verdict("sandbox.user", report.get("uid") == policy.uid != 0, f"running as uid {policy.uid}", report.get("uid")),
-        verdict("sandbox.seccomp", report.get("seccomp") == "2", "seccomp filtering (Seccomp: 2)", report.get("seccomp")),
-        verdict("sandbox.no_new_privs", report.get("no_new_privs") == "1", "no-new-privileges set", report.get("no_new_privs")),
-        verdict("sandbox.capabilities", bool(cap_eff) and int(cap_eff, 16) == 0, "no effective capability", cap_eff),
-        verdict("sandbox.pids", report.get("pids_max") == str(limits.pids), f"pids limited to {limits.pids}", report.get("pids_max")),
+        verdict(
+            "sandbox.user",
+            report.get("uid") == policy.uid != 0,
+            f"running as uid {policy.uid}",
+            report.get("uid"),
+        ),
+        verdict(
+            "sandbox.seccomp",
+            report.get("seccomp") == "2",
+            "seccomp filtering (Seccomp: 2)",
+            report.get("seccomp"),
+        ),
+        verdict(
+            "sandbox.no_new_privs",
+            report.get("no_new_privs") == "1",
+            "no-new-privileges set",
+            report.get("no_new_privs"),
+        ),
+        verdict(
+            "sandbox.capabilities",
+            bool(cap_eff) and int(cap_eff, 16) == 0,
+            "no effective capability",
+            cap_eff,
+        ),
+        verdict(
+            "sandbox.pids",
+            report.get("pids_max") == str(limits.pids),
+            f"pids limited to {limits.pids}",
+            report.get("pids_max"),
+        ),
         verdict(
             "sandbox.memory",
             report.get("memory_max") == str(limits.memory_mb * MIB),
@@ -585,7 +623,12 @@ def sandbox_checks(report: Mapping[str, Any], policy: Policy) -> list[Check]:
             f"CPU limited to {limits.cpus} core(s)",
             cores,
         ),
-        verdict("sandbox.network", report.get("interfaces") == ["lo"], "loopback only", report.get("interfaces")),
+        verdict(
+            "sandbox.network",
+            report.get("interfaces") == ["lo"],
+            "loopback only",
+            report.get("interfaces"),
+        ),
         verdict(
             "sandbox.engine_socket",
             not sockets and report.get("docker_host") is None,
@@ -621,7 +664,9 @@ class _ProbeOutcome:
     checks: list[Check] = field(default_factory=list)
 
 
-def run_sandbox_probe(backend: SandboxBackend, policy: Policy, runs_dir: Path, socket_path: Path | None) -> list[Check]:
+def run_sandbox_probe(
+    backend: SandboxBackend, policy: Policy, runs_dir: Path, socket_path: Path | None
+) -> list[Check]:
     """Start one sandbox exactly as a run's (no task files) and check what it reports from inside."""
     run_id = f"preflight-{secrets.token_hex(4)}"
     root = runs_dir / run_id
@@ -630,14 +675,18 @@ def run_sandbox_probe(backend: SandboxBackend, policy: Policy, runs_dir: Path, s
     try:
         for folder in (staging.work, staging.out, staging.taskbox, staging.gateway):
             folder.mkdir(parents=True, mode=0o755)
-        spec = probe_spec(policy, staging, run_id).model_copy(update={"wall_clock_seconds": PROBE_TIMEOUT_SECONDS})
+        spec = probe_spec(policy, staging, run_id).model_copy(
+            update={"wall_clock_seconds": PROBE_TIMEOUT_SECONDS}
+        )
         outcome.checks.append(check_spec_mounts(spec, socket_path))
         run = backend.run(spec)
         lines = [ln for ln in run.outcome.log_tail.splitlines() if ln.startswith("{")]
         if run.outcome.exit_code == 0 and lines:
             outcome.report = json.loads(lines[-1])
         else:
-            outcome.problem = f"the probe sandbox {run.outcome.describe()}: {run.outcome.log_tail[-300:]}"
+            outcome.problem = (
+                f"the probe sandbox {run.outcome.describe()}: {run.outcome.log_tail[-300:]}"
+            )
     except (TaskboxError, OSError, ValueError) as exc:
         outcome.problem = f"the probe sandbox could not run: {exc}"
     finally:
@@ -659,7 +708,7 @@ def run_sandbox_probe(backend: SandboxBackend, policy: Policy, runs_dir: Path, s
 # --------------------------------------------------------------------------- putting it together
 
 
-def _read_changelog(engine_is_local: bool) -> str | None:
+def _read_changelog(*, engine_is_local: bool) -> str | None:
     if not engine_is_local or not RUNC_CHANGELOG.is_file():
         return None
     try:
@@ -671,10 +720,34 @@ def _read_changelog(engine_is_local: bool) -> str | None:
 
 def _git_version() -> str | None:
     try:
-        done = subprocess.run(["git", "--version"], capture_output=True, text=True, check=False, timeout=10)
+        done = subprocess.run(
+            ["git", "--version"], capture_output=True, text=True, check=False, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None
+
+
+def _host_checks(
+    settings: Settings,
+    info: Mapping[str, Any],
+    version: Mapping[str, Any] | None,
+    backend: SandboxBackend | None,
+    policy_name: str,
+) -> list[Check]:
+    socket_path = engine_socket_path(settings.docker_host)
+    checks = engine_checks(
+        info,
+        version,
+        runc_changelog=_read_changelog(engine_is_local=socket_path is not None),
+        docker_host=settings.docker_host,
+    )
+    checks += [check_runs_dir(settings.runs_dir), check_git(_git_version())]
+    if backend is not None:
+        policy = load_policy(settings.policies_dir, policy_name)
+        settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        checks += run_sandbox_probe(backend, policy, settings.runs_dir, socket_path)
+    return checks
 
 
 def run_preflight(
@@ -691,19 +764,21 @@ def run_preflight(
     Without ``engine_info`` the engine is asked (``docker info`` and ``docker version``)
     through a Docker backend; ``probe`` also starts one sandbox of ``policy_name``.
     """
-    checks: list[Check] = []
     info: Mapping[str, Any] = engine_info or {}
     version = engine_version
+    owned: DockerBackend | None = None
     if engine_info is None or (probe and backend is None):
         from controller.sandbox.docker import DockerBackend  # noqa: PLC0415 - the engine only when asked
 
         try:
-            docker_backend = DockerBackend.from_settings(settings)
-            backend = backend or docker_backend
+            owned = DockerBackend.from_settings(settings)
+            backend = backend or owned
             if engine_info is None:
-                info = docker_backend.client.info()
-                version = docker_backend.client.version()
+                info = owned.client.info()
+                version = owned.client.version()
         except Exception as exc:  # noqa: BLE001 - whatever the engine fails with, it is a refusal to report
+            if owned is not None:
+                owned.client.close()
             return PreflightReport(
                 checks=[
                     Check(
@@ -714,19 +789,11 @@ def run_preflight(
                     )
                 ]
             )
-    socket_path = engine_socket_path(settings.docker_host)
-    engine_is_local = socket_path is not None
-    checks += engine_checks(
-        info,
-        version,
-        runc_changelog=_read_changelog(engine_is_local),
-        docker_host=settings.docker_host,
-    )
-    checks += [check_runs_dir(settings.runs_dir), check_git(_git_version())]
-    if probe and backend is not None:
-        policy = load_policy(settings.policies_dir, policy_name)
-        settings.runs_dir.mkdir(parents=True, exist_ok=True)
-        checks += run_sandbox_probe(backend, policy, settings.runs_dir, socket_path)
+    try:
+        checks = _host_checks(settings, info, version, backend if probe else None, policy_name)
+    finally:
+        if owned is not None:
+            owned.client.close()
     report = PreflightReport(
         checks=checks,
         engine_version=str(info.get("ServerVersion") or "") or None,

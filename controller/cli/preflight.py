@@ -20,7 +20,13 @@ _MARKS = {Level.OK: "ok    ", Level.WARN: "WARN  ", Level.REFUSE: "REFUSE"}
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-probe", is_flag=True, help="Do not start a sandbox to look inside it.")
-@click.option("--policy", "policy_name", default="default", show_default=True, help="Policy of the probe sandbox.")
+@click.option(
+    "--policy",
+    "policy_name",
+    default="default",
+    show_default=True,
+    help="Policy of the probe sandbox.",
+)
 def preflight(as_json: bool, no_probe: bool, policy_name: str) -> None:
     """Check the engine, runc, seccomp, user namespaces, cgroups and a real sandbox's settings.
 

@@ -33,8 +33,14 @@ from controller.gitrepo import SAFE_GIT_ENV
 from controller.runs import TaskRunner
 from controller.sandbox.backend import SandboxHandle
 from controller.sandbox.docker import DockerBackend, DockerImages
-from controller.sandbox.spec import LABEL_CONTROLLER, LABEL_MANAGED, LABEL_RUN, ContainerSpec
-from controller.sandbox.spec import StagingPaths, build_container_spec
+from controller.sandbox.spec import (
+    LABEL_CONTROLLER,
+    LABEL_MANAGED,
+    LABEL_RUN,
+    ContainerSpec,
+    StagingPaths,
+    build_container_spec,
+)
 from controller.sandbox.task_sandbox import (
     TaskSandboxRun,
     plan_task,
@@ -195,7 +201,7 @@ def make_task(
 
 def _hash_file(path: Path) -> str:
     if path.is_symlink():
-        return "link:" + os.readlink(path)
+        return "link:" + str(path.readlink())
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -623,7 +629,9 @@ def serve_fake_messages_api(turns: list[dict[str, Any]]) -> FakeMessagesApi:
             self.wfile.write(data)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    api = FakeMessagesApi(url=f"http://127.0.0.1:{server.server_address[1]}", server=server, turns=turns)
+    api = FakeMessagesApi(
+        url=f"http://127.0.0.1:{server.server_address[1]}", server=server, turns=turns
+    )
     state["api"] = api
     threading.Thread(target=server.serve_forever, name="fake-messages-api", daemon=True).start()
     return api
@@ -638,6 +646,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if HERE not in Path(str(item.path)).parents:
             continue
         marker = item.get_closest_marker("invariant")
-        if marker is None or not all(isinstance(n, int) and 1 <= n <= 10 for n in marker.args):  # noqa: PLR2004 - the ten invariants
+        if marker is None or not all(isinstance(n, int) and 1 <= n <= 10 for n in marker.args):
             raise pytest.UsageError(f"{item.nodeid} does not name the invariant it attacks")
         item.add_marker(pytest.mark.security)

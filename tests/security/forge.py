@@ -52,16 +52,23 @@ class Forge:
         self.git("init", "-q", "--bare", str(self.git_dir), use_dir=False)
         blobs = read_blobs(target, [s.oid for s in plan.staged])
         self.base_entries: Entries = {
-            s.path.encode(): (MODE_EXECUTABLE if s.executable else MODE_FILE, self.blob(blobs[s.oid]))
+            s.path.encode(): (
+                MODE_EXECUTABLE if s.executable else MODE_FILE,
+                self.blob(blobs[s.oid]),
+            )
             for s in plan.staged
         }
 
     def git(self, *args: str, input_bytes: bytes | None = None, use_dir: bool = True) -> bytes:
         """Run git on the forge repository (the attacker's own config applies here, not on the host)."""
         env = {**GIT_ENV, **({"GIT_DIR": str(self.git_dir)} if use_dir else {})}
-        done = subprocess.run(["git", *args], input=input_bytes, capture_output=True, env=env, check=False)
+        done = subprocess.run(
+            ["git", *args], input=input_bytes, capture_output=True, env=env, check=False
+        )
         if done.returncode != 0:
-            raise AssertionError(f"forge: git {args[0]} failed: {done.stderr.decode(errors='replace')}")
+            raise AssertionError(
+                f"forge: git {args[0]} failed: {done.stderr.decode(errors='replace')}"
+            )
         return done.stdout
 
     def blob(self, data: bytes) -> str:
@@ -84,7 +91,11 @@ class Forge:
         raw = b"".join(
             mode.encode() + b" " + name + b"\0" + bytes.fromhex(oid) for name, mode, oid in leaves
         )
-        return self.git("hash-object", "--literally", "-t", "tree", "-w", "--stdin", input_bytes=raw).decode().strip()
+        return (
+            self.git("hash-object", "--literally", "-t", "tree", "-w", "--stdin", input_bytes=raw)
+            .decode()
+            .strip()
+        )
 
     def commit(self, tree: str, *parents: str, message: str) -> str:
         """A commit object."""
@@ -114,9 +125,13 @@ class Forge:
             mode, data = change if isinstance(change, tuple) else (MODE_FILE, change)
             entries[path] = (mode, data.decode() if mode == MODE_GITLINK else self.blob(data))
         parent = base or self.base_commit()
-        return self.commit(self.tree(entries), parent, message=(message or subject(self.plan.task_key)) + "\n")
+        return self.commit(
+            self.tree(entries), parent, message=(message or subject(self.plan.task_key)) + "\n"
+        )
 
-    def bundle(self, tip: str, *, refs: tuple[str, ...] = (BUNDLE_REF,), since: str | None = None) -> bytes:
+    def bundle(
+        self, tip: str, *, refs: tuple[str, ...] = (BUNDLE_REF,), since: str | None = None
+    ) -> bytes:
         """A bundle of ``tip`` under ``refs`` (``since``: a thin bundle with that prerequisite)."""
         for ref in refs:
             self.git("update-ref", ref, tip)
@@ -146,7 +161,14 @@ class Forge:
         (self.git_dir / "included").write_text(f"[core]\n\tfsmonitor = {touch}\n")
         for folder in (self.git_dir / "hooks", self.git_dir / "evil-hooks"):
             folder.mkdir(exist_ok=True)
-            for hook in ("post-checkout", "post-merge", "reference-transaction", "pre-receive", "post-update", "fsmonitor-watchman"):
+            for hook in (
+                "post-checkout",
+                "post-merge",
+                "reference-transaction",
+                "pre-receive",
+                "post-update",
+                "fsmonitor-watchman",
+            ):
                 script = folder / hook
                 script.write_text(f"#!/bin/sh\n{touch}\n")
                 script.chmod(0o755)
@@ -156,7 +178,14 @@ def plant_target_hooks(repo: Path, marker: Path) -> None:
     """Hooks in the target repository that would show any hook run by ingestion."""
     hooks = repo / ".git" / "hooks"
     hooks.mkdir(exist_ok=True)
-    for hook in ("reference-transaction", "post-commit", "pre-commit", "post-checkout", "post-rewrite", "pre-auto-gc"):
+    for hook in (
+        "reference-transaction",
+        "post-commit",
+        "pre-commit",
+        "post-checkout",
+        "post-rewrite",
+        "pre-auto-gc",
+    ):
         script = hooks / hook
         script.write_text(f"#!/bin/sh\ntouch {marker}\n")
         script.chmod(0o755)
@@ -171,9 +200,18 @@ def runner_result(task_key: str, **overrides: Any) -> bytes:
         "files_modified": [],
         "git_commit": None,
         "summary": "Implemented the endpoint.",
-        "test_results": {"total": 3, "passed": 3, "failed": 0, "skipped": 0, "coverage_percent": 95.0},
+        "test_results": {
+            "total": 3,
+            "passed": 3,
+            "failed": 0,
+            "skipped": 0,
+            "coverage_percent": 95.0,
+        },
         "missing_context": [],
-        "constraints": [{"id": n, "name": f"constraint {n}", "passed": True, "evidence": []} for n in range(1, 11)],
+        "constraints": [
+            {"id": n, "name": f"constraint {n}", "passed": True, "evidence": []}
+            for n in range(1, 11)
+        ],
         "reason": None,
     }
     data.update(overrides)

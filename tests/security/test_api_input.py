@@ -68,7 +68,9 @@ class Served:
     def submit(self, body: dict[str, Any], token: str = TOKEN_ALL) -> httpx2.Response:
         """POST /v1/tasks with a fresh idempotency key."""
         with self.client(token) as client:
-            return client.post("/v1/tasks", json=body, headers={"Idempotency-Key": secrets.token_hex(8)})
+            return client.post(
+                "/v1/tasks", json=body, headers={"Idempotency-Key": secrets.token_hex(8)}
+            )
 
     def finished(self, task_id: str, timeout: float = 120) -> dict[str, Any]:
         """Poll the task until it ends; its view."""
@@ -104,7 +106,9 @@ def served(arena: Arena, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     """The controller API with the real TaskRunner (scripted model that ends at once) on loopback."""
     tmp = tmp_path_factory.mktemp("api")
     beta, _ = build_repo(tmp / "beta", {"README.md": b"beta\n", "app/api/__init__.py": b""})
-    script = write_script(tmp, [{"content": [{"type": "text", "text": "Nothing to do."}], "stop_reason": "end_turn"}])
+    script = write_script(
+        tmp, [{"content": [{"type": "text", "text": "Nothing to do."}], "stop_reason": "end_turn"}]
+    )
     settings = arena.settings(
         api_tokens={TOKEN_ALL: ["*"], TOKEN_ALPHA: ["alpha"]},
         repositories={"alpha": arena.repo, "beta": beta},
@@ -121,12 +125,15 @@ def served(arena: Arena, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, runner), log_config=None, access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, runner), log_config=None, access_log=False)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        assert thread.is_alive(), "uvicorn stopped"
+        assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
     yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread, arena, runner)
     server.should_exit = True
@@ -192,7 +199,9 @@ def test_every_route_refuses_callers_without_a_valid_token(served: Served) -> No
 @pytest.mark.invariant(10)
 def test_token_of_one_repository_cannot_use_another(served: Served) -> None:
     """Invariant 10: a token for `alpha` cannot submit to, list or read tasks of `beta`."""
-    answer = served.submit(body(wire_task("SEC-BETA", ownsPaths=["../escape/"]), "beta"), TOKEN_ALPHA)
+    answer = served.submit(
+        body(wire_task("SEC-BETA", ownsPaths=["../escape/"]), "beta"), TOKEN_ALPHA
+    )
     assert answer.status_code == 403
     beta_task = served.submit(body(wire_task("SEC-BETA2", ownsPaths=["/etc/"]), "beta")).json()
     with served.client(TOKEN_ALPHA) as client:
@@ -264,8 +273,18 @@ def test_hostile_owned_paths_are_refused_before_any_container(served: Served) ->
 @pytest.mark.invariant(4)
 def test_hostile_relevant_files_become_missing_context_never_mounts(served: Served) -> None:
     """Invariant 4: the same attacks as relevant files are reported as missing context and never mounted."""
-    hostile = ["../../etc/passwd", "/etc/shadow", "docs/passwd", ".env", ".git/config", "secrets/api.key",
-               "config/id_rsa", "/var/run/docker.sock", "app/../../x", str(PROJECT_ROOT / "pyproject.toml")]
+    hostile = [
+        "../../etc/passwd",
+        "/etc/shadow",
+        "docs/passwd",
+        ".env",
+        ".git/config",
+        "secrets/api.key",
+        "config/id_rsa",
+        "/var/run/docker.sock",
+        "app/../../x",
+        str(PROJECT_ROOT / "pyproject.toml"),
+    ]
     task = make_task("SEC-REL", owns=["app/api/"], relevant=hostile, contract="../../etc/passwd")
     arena = served.arena
     _top, _base, _policy, plan = served.runner.admit(task, arena.repo, "HEAD", "sec-probe")
@@ -281,7 +300,9 @@ def test_hostile_relevant_files_become_missing_context_never_mounts(served: Serv
 
 
 @pytest.mark.invariant(4)
-@pytest.mark.parametrize("key", ["../x", "a/b", "-rf", "x\ny", "", "x" * 65, "é", "HEAD:refs/heads/main"])
+@pytest.mark.parametrize(
+    "key", ["../x", "a/b", "-rf", "x\ny", "", "x" * 65, "é", "HEAD:refs/heads/main"]
+)
 def test_task_key_cannot_reach_branch_names_or_labels(key: str) -> None:
     """Invariant 4: a task key that would be an odd branch name, label or option is refused by the contract."""
     with pytest.raises(ValidationError):
@@ -331,7 +352,12 @@ def test_task_cannot_choose_image_user_workdir_env_network_or_capabilities(serve
 def test_resource_requests_above_the_policy_maximum_are_refused(served: Served) -> None:
     """Invariant 9: asking for more memory, CPU, pids or time than the policy's max is refused, never clamped up."""
     arena = served.arena
-    for field, value in (("memory_mb", 1_000_000), ("cpus", 64), ("pids", 32768), ("wall_clock_seconds", 86400)):
+    for field, value in (
+        ("memory_mb", 1_000_000),
+        ("cpus", 64),
+        ("pids", 32768),
+        ("wall_clock_seconds", 86400),
+    ):
         task = make_task("SEC-RES", owns=["app/api/"], resources={field: value})
         with pytest.raises(InvalidTaskError, match="asks for more than"):
             served.runner.admit(task, arena.repo, "HEAD", "sec-probe")
@@ -339,7 +365,9 @@ def test_resource_requests_above_the_policy_maximum_are_refused(served: Served) 
     lowered = make_task("SEC-RES", owns=["app/api/"], resources={"memory_mb": 128})
     _top, _base, policy, plan = served.runner.admit(lowered, arena.repo, "HEAD", "sec-probe")
     assert policy.limits.memory_mb == 128
-    assert plan.policy_digest == policy.digest() != load_policy(arena.policies, "sec-probe").digest()
+    assert (
+        plan.policy_digest == policy.digest() != load_policy(arena.policies, "sec-probe").digest()
+    )
     created = len(arena.backend.created)
     answer = served.submit(body(wire_task("SEC-RES2", resources={"memory_mb": 1_000_000})))
     if answer.status_code == 202:
@@ -386,10 +414,23 @@ POLICY_BASE = {
         {"tmpfs": [{"path": "/tmp", "size_mb": 8}, {"path": "/proc", "size_mb": 8}]},
         {"limits": {"memory_mb": 512, "cpus": 0.5, "pids": 64, "wall_clock_seconds": 30}},
     ],
-    ids=["rw-mount", "privileged", "host-network", "capability", "root-uid", "root-gid", "negated-deny",
-         "tmpfs-over-work", "tmpfs-over-gateway", "tmpfs-over-proc", "limits-above-max"],
+    ids=[
+        "rw-mount",
+        "privileged",
+        "host-network",
+        "capability",
+        "root-uid",
+        "root-gid",
+        "negated-deny",
+        "tmpfs-over-work",
+        "tmpfs-over-gateway",
+        "tmpfs-over-proc",
+        "limits-above-max",
+    ],
 )
-def test_policy_files_cannot_add_mounts_privileges_or_undo_denies(tmp_path: Path, change: dict[str, Any]) -> None:
+def test_policy_files_cannot_add_mounts_privileges_or_undo_denies(
+    tmp_path: Path, change: dict[str, Any]
+) -> None:
     """Invariant 9: a policy file that adds a mount, a privilege, root, an allow rule or limits above its max is refused."""
     import yaml  # noqa: PLC0415 - only these tests write policy files
 

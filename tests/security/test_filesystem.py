@@ -24,7 +24,7 @@ from tests.security.conftest import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    pass
 
 pytestmark = [pytest.mark.docker]
 
@@ -43,7 +43,7 @@ LINK_CAPS = {
 
 
 @pytest.fixture(scope="module")
-def writes(arena: Arena) -> Iterator[tuple[ProbeRun, dict[str, str], dict[str, str]]]:
+def writes(arena: Arena) -> tuple[ProbeRun, dict[str, str], dict[str, str]]:
     """The filesystem probe, with the target repository hashed before and after."""
     before = repo_state(arena.repo)
     run = arena.probe(
@@ -60,11 +60,11 @@ def writes(arena: Arena) -> Iterator[tuple[ProbeRun, dict[str, str], dict[str, s
         "docs/passwd",
         "README.md",
     )
-    yield run, before, repo_state(arena.repo)
+    return run, before, repo_state(arena.repo)
 
 
 @pytest.fixture(scope="module")
-def links(arena: Arena) -> Iterator[tuple[ProbeRun, dict[str, str], dict[str, str]]]:
+def links(arena: Arena) -> tuple[ProbeRun, dict[str, str], dict[str, str]]:
     """The links probe (collector attacks), with the host files hashed before and after."""
     before = arena.host.state()
     run = arena.probe(
@@ -75,7 +75,7 @@ def links(arena: Arena) -> Iterator[tuple[ProbeRun, dict[str, str], dict[str, st
         "app/__init__.py",
         collect=LINK_CAPS,
     )
-    yield run, before, arena.host.state()
+    return run, before, arena.host.state()
 
 
 def collected(run: ProbeRun) -> CollectedOutput:
@@ -145,7 +145,9 @@ def test_scratch_tmpfs_is_noexec(writes: Any) -> None:
 
 
 @pytest.mark.invariant(5)
-def test_setuid_file_planted_in_owned_path_never_outlives_the_run(writes: Any, arena: Arena) -> None:
+def test_setuid_file_planted_in_owned_path_never_outlives_the_run(
+    writes: Any, arena: Arena
+) -> None:
     """Invariant 5: a setuid, world-writable file made in an owned path leaves nothing on the host."""
     run, before, after = writes
     # The sandbox may set the bit on its own file; what matters is the host never keeps or runs it.
@@ -178,7 +180,9 @@ def test_symlink_to_a_secret_under_the_bundle_name_is_refused(links: Any) -> Non
 
 
 @pytest.mark.invariant(5)
-def test_directory_symlinks_are_not_followed_by_collection_or_cleanup(links: Any, arena: Arena) -> None:
+def test_directory_symlinks_are_not_followed_by_collection_or_cleanup(
+    links: Any, arena: Arena
+) -> None:
     """Invariant 5: a link to / in /out and one to a host folder in an owned path: refused, host folder intact."""
     run, before, after = links
     assert run.report["symlink_dir_in_owned"] == "ok"
@@ -271,6 +275,17 @@ def test_mount_table_holds_only_the_planned_mounts(arena: Arena) -> None:
         if " - ext4 " in line or " - xfs " in line or " - btrfs " in line or " - overlay " in line
     }
     # The engine's own files (/etc/hostname, docker-init) are the only binds not from the plan.
-    expected = {"/", "/work", "/work/app/api", "/work/app/main.py", "/out", "/taskbox", "/run/taskbox"}
-    assert targets - {"/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/usr/sbin/docker-init"} == expected
+    expected = {
+        "/",
+        "/work",
+        "/work/app/api",
+        "/work/app/main.py",
+        "/out",
+        "/taskbox",
+        "/run/taskbox",
+    }
+    assert (
+        targets - {"/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/usr/sbin/docker-init"}
+        == expected
+    )
     assert "docker.sock" not in run.report["proc"]["mountinfo"]

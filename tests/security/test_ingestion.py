@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from controller.ingest import IngestedResult
-    from controller.policy.planner import MountPlan
     from controller.policy.schema import Policy
 
 KEY = "SEC-ING"
@@ -67,14 +66,18 @@ class Target:
         self.marker = root / "MARKER-hook-or-config-ran"
         self.repo, self.commit = build_repo(root / "target", repository_files())
         plant_target_hooks(self.repo, self.marker)
-        task = make_task(KEY, owns=["app/api/", "tests/test_api.py"], relevant=["app/main.py", "pyproject.toml"])
+        task = make_task(
+            KEY, owns=["app/api/", "tests/test_api.py"], relevant=["app/main.py", "pyproject.toml"]
+        )
         _top, _commit, self.policy, self.plan = plan_task(
             task, repo=self.repo, base="HEAD", policies_dir=policies, policy_name="sec-probe"
         )
         self.forge = Forge(root, self.repo, self.plan)
         self.before = repo_state(self.repo)
 
-    def ingest(self, bundle: bytes | None, result: bytes | None = None, **kw: Any) -> IngestedResult:
+    def ingest(
+        self, bundle: bytes | None, result: bytes | None = None, **kw: Any
+    ) -> IngestedResult:
         """Ingest as TaskRunner would."""
         return ingest_bundle(
             repo=self.repo,
@@ -111,9 +114,16 @@ def target(tmp_path: Path, security_policies: Path) -> Target:
 
 
 @pytest.mark.invariant(6)
-def test_bundle_from_a_repository_with_hostile_config_and_hooks_runs_nothing(target: Target) -> None:
+def test_bundle_from_a_repository_with_hostile_config_and_hooks_runs_nothing(
+    target: Target,
+) -> None:
     """Invariant 6: a valid bundle made in a repo whose config and hooks all run `touch` is ingested and nothing runs."""
-    work = target.forge.work({"app/api/users.py": b"USERS = []\n", "tests/test_api.py": b"def test_ok() -> None:\n    pass\n"})
+    work = target.forge.work(
+        {
+            "app/api/users.py": b"USERS = []\n",
+            "tests/test_api.py": b"def test_ok() -> None:\n    pass\n",
+        }
+    )
     bundle = target.forge.bundle(work)
     # Planted after the bundle is made (the forge's own git would run them otherwise): from
     # here on, only a host that ran git in the sandbox's repository could trigger them.
@@ -124,8 +134,13 @@ def test_bundle_from_a_repository_with_hostile_config_and_hooks_runs_nothing(tar
     assert host_has_no_marker(target.marker)
     after = repo_state(target.repo)
     # Only the new branch appeared: config, hooks, index and working tree are as they were.
-    assert {k: v for k, v in after.items() if k != "refs"} == {k: v for k, v in target.before.items() if k != "refs"}
-    assert after["refs"].replace(f"refs/heads/taskbox/{KEY} {ingested.result.git_commit}\n", "") == target.before["refs"]
+    assert {k: v for k, v in after.items() if k != "refs"} == {
+        k: v for k, v in target.before.items() if k != "refs"
+    }
+    assert (
+        after["refs"].replace(f"refs/heads/taskbox/{KEY} {ingested.result.git_commit}\n", "")
+        == target.before["refs"]
+    )
 
 
 @pytest.mark.invariant(6)
@@ -145,14 +160,19 @@ def test_git_metadata_in_the_bundle_is_refused(target: Target, path: bytes) -> N
     """Invariant 6: .git folders (any case, 8.3 or trailing-dot form), .gitmodules and .gitattributes never land."""
     content = b"[core]\n\tfsmonitor = touch " + str(target.marker).encode() + b"\n"
     work = target.forge.work({path: content})
-    target.refused(("git_metadata", "objects_invalid"), lambda: target.ingest(target.forge.bundle(work)))
+    target.refused(
+        ("git_metadata", "objects_invalid"), lambda: target.ingest(target.forge.bundle(work))
+    )
 
 
 @pytest.mark.invariant(6)
 def test_symlinked_git_folder_is_refused(target: Target) -> None:
     """Invariant 6: app/api/.git as a symbolic link (to the host's .git) is refused."""
     work = target.forge.work({"app/api/.git": (MODE_SYMLINK, str(target.repo / ".git").encode())})
-    target.refused(("git_metadata", "objects_invalid", "symlink"), lambda: target.ingest(target.forge.bundle(work)))
+    target.refused(
+        ("git_metadata", "objects_invalid", "symlink"),
+        lambda: target.ingest(target.forge.bundle(work)),
+    )
 
 
 @pytest.mark.invariant(6)
@@ -160,9 +180,14 @@ def test_submodule_with_a_carriage_return_path_is_refused(target: Target) -> Non
     """Invariant 6: a gitlink named `sub\\r` (CVE-2025-48384's shape) is refused before any checkout exists."""
     commit = target.commit
     work = target.forge.work({b"app/api/sub\r": (MODE_GITLINK, commit.encode())})
-    target.refused(("invalid_path", "submodule", "objects_invalid"), lambda: target.ingest(target.forge.bundle(work)))
+    target.refused(
+        ("invalid_path", "submodule", "objects_invalid"),
+        lambda: target.ingest(target.forge.bundle(work)),
+    )
     work = target.forge.work({b"app/api/sub": (MODE_GITLINK, commit.encode())})
-    target.refused(("submodule", "objects_invalid"), lambda: target.ingest(target.forge.bundle(work)))
+    target.refused(
+        ("submodule", "objects_invalid"), lambda: target.ingest(target.forge.bundle(work))
+    )
 
 
 @pytest.mark.invariant(6)
@@ -191,7 +216,9 @@ def test_thin_bundle_with_prerequisites_is_refused(target: Target) -> None:
     """Invariant 6: a bundle that needs commits it does not carry is refused (nothing is looked up on the host)."""
     base = target.forge.base_commit()
     work = target.forge.work({"app/api/users.py": b"USERS = []\n"}, base=base)
-    target.refused("bundle_prerequisites", lambda: target.ingest(target.forge.bundle(work, since=base)))
+    target.refused(
+        "bundle_prerequisites", lambda: target.ingest(target.forge.bundle(work, since=base))
+    )
 
 
 @pytest.mark.invariant(6)
@@ -252,7 +279,9 @@ def test_history_other_than_one_work_commit_on_the_base_is_refused(target: Targe
     tree = target.forge.git("rev-parse", f"{first}^{{tree}}").decode().strip()
     second = target.forge.commit(tree, first, message=subject(KEY) + "\n")
     target.refused("history", lambda: target.ingest(target.forge.bundle(second)))
-    merge = target.forge.commit(tree, first, target.forge.base_commit(), message=subject(KEY) + "\n")
+    merge = target.forge.commit(
+        tree, first, target.forge.base_commit(), message=subject(KEY) + "\n"
+    )
     target.refused("history", lambda: target.ingest(target.forge.bundle(merge)))
 
 
@@ -272,7 +301,9 @@ def test_history_other_than_one_work_commit_on_the_base_is_refused(target: Targe
         ("app/api/secrets/token", "denied"),
     ],
 )
-def test_changes_outside_owned_paths_or_denied_are_refused(target: Target, path: str, reason: str) -> None:
+def test_changes_outside_owned_paths_or_denied_are_refused(
+    target: Target, path: str, reason: str
+) -> None:
     """Invariant 1: every changed path must be under ownsPaths and pass the deny rules."""
     work = target.forge.work({path: b"changed\n"})
     target.refused(reason, lambda: target.ingest(target.forge.bundle(work)))
@@ -293,12 +324,25 @@ def test_changes_outside_owned_paths_or_denied_are_refused(target: Target, path:
         "app/api/zero\u200bwidth.py".encode(),
         b"app/api/nul\x01.py",
     ],
-    ids=["newline", "cr", "not-utf8", "long-component", "dotdot", "dot", "backslash", "bidi", "zero-width", "control"],
+    ids=[
+        "newline",
+        "cr",
+        "not-utf8",
+        "long-component",
+        "dotdot",
+        "dot",
+        "backslash",
+        "bidi",
+        "zero-width",
+        "control",
+    ],
 )
 def test_odd_path_names_are_refused(target: Target, path: bytes) -> None:
     """Invariant 5: names with newlines, CRs, invalid UTF-8, >255 bytes, `..`, backslashes or invisible characters never land."""
     work = target.forge.work({path: b"x = 1\n"})
-    target.refused(("invalid_path", "objects_invalid"), lambda: target.ingest(target.forge.bundle(work)))
+    target.refused(
+        ("invalid_path", "objects_invalid"), lambda: target.ingest(target.forge.bundle(work))
+    )
 
 
 @pytest.mark.invariant(5)
@@ -306,7 +350,9 @@ def test_case_and_unicode_collisions_are_refused(target: Target) -> None:
     """Invariant 5: two new names that a case-insensitive or normalising file system would merge are refused."""
     work = target.forge.work({"app/api/Users.py": b"A = 1\n", "app/api/users.py": b"B = 2\n"})
     target.refused("case_collision", lambda: target.ingest(target.forge.bundle(work)))
-    work = target.forge.work({"app/api/caf\u00e9.py": b"A = 1\n", "app/api/cafe\u0301.py": b"B = 2\n"})
+    work = target.forge.work(
+        {"app/api/caf\u00e9.py": b"A = 1\n", "app/api/cafe\u0301.py": b"B = 2\n"}
+    )
     target.refused("case_collision", lambda: target.ingest(target.forge.bundle(work)))
 
 
@@ -334,7 +380,12 @@ def test_links_executables_and_odd_modes_are_refused(
 
 
 def _deep(levels: int) -> bytes:
-    return b'{"task_key": "SEC-ING", "status": "failed", "summary": "x", "constraints": ' + b"[" * levels + b"]" * levels + b"}"
+    return (
+        b'{"task_key": "SEC-ING", "status": "failed", "summary": "x", "constraints": '
+        + b"[" * levels
+        + b"]" * levels
+        + b"}"
+    )
 
 
 @pytest.mark.invariant(1)
@@ -346,7 +397,9 @@ def _deep(levels: int) -> bytes:
         _deep(40),
         runner_result(KEY).replace(b'"coverage_percent": 95.0', b'"coverage_percent": NaN'),
         runner_result(KEY).replace(b'"coverage_percent": 95.0', b'"coverage_percent": Infinity'),
-        runner_result(KEY).replace(b'"status": "succeeded"', b'"status": "succeeded", "status": "failed"'),
+        runner_result(KEY).replace(
+            b'"status": "succeeded"', b'"status": "succeeded", "status": "failed"'
+        ),
         b'\xff\xfe{"task_key": "SEC-ING"}',
         runner_result("OTHER-1"),
         runner_result(KEY, status="merged"),
@@ -372,14 +425,18 @@ def _deep(levels: int) -> bytes:
 def test_hostile_result_json_is_refused(target: Target, raw: bytes) -> None:
     """Invariant 1: result.json that is huge, deep, NaN, duplicated, not UTF-8, for another task or inconsistent is refused."""
     work = target.forge.work({"app/api/users.py": b"USERS = []\n"})
-    target.refused(("result_invalid", "task_mismatch"), lambda: target.ingest(target.forge.bundle(work), raw))
+    target.refused(
+        ("result_invalid", "task_mismatch"), lambda: target.ingest(target.forge.bundle(work), raw)
+    )
 
 
 @pytest.mark.invariant(1)
 def test_escape_sequences_in_result_text_are_stripped(target: Target) -> None:
     """Invariant 1: terminal escapes and bidi overrides in the runner's text are removed before anyone sees them."""
     hostile = "\x1b]8;;http://evil.invalid\x07click\x1b]8;;\x07 \x1b[2J\u202eoverride done\x07"
-    raw = runner_result(KEY, status="failed", reason=hostile, summary=hostile, missing_context=[hostile])
+    raw = runner_result(
+        KEY, status="failed", reason=hostile, summary=hostile, missing_context=[hostile]
+    )
     ingested = target.ingest(None, raw)
     shown = json.dumps(ingested.result.model_dump(mode="json"), ensure_ascii=False)
     for bad in ("\x1b", "\u202e", "\x07"):
@@ -396,14 +453,21 @@ def test_runner_claims_are_re_derived_from_the_checked_diff(target: Target) -> N
         files_modified=[".env"],
         git_commit=target.commit,
     )
-    work = target.forge.work({"app/api/users.py": b"USERS = []\n", "tests/test_api.py": b"def test_ok() -> None:\n    pass\n"})
+    work = target.forge.work(
+        {
+            "app/api/users.py": b"USERS = []\n",
+            "tests/test_api.py": b"def test_ok() -> None:\n    pass\n",
+        }
+    )
     ingested = target.ingest(target.forge.bundle(work), raw)
     result = ingested.result
     assert sorted(result.files_created) == ["app/api/users.py", "tests/test_api.py"]
     assert result.files_modified == []
     assert result.git_commit not in (None, target.commit)
     tree = git(target.repo, "ls-tree", "-r", "--name-only", str(result.git_commit)).decode().split()
-    assert set(tree) - set(git(target.repo, "ls-tree", "-r", "--name-only", target.commit).decode().split()) == {
+    assert set(tree) - set(
+        git(target.repo, "ls-tree", "-r", "--name-only", target.commit).decode().split()
+    ) == {
         "app/api/users.py",
         "tests/test_api.py",
     }
@@ -447,23 +511,33 @@ def test_commit_message_injection_is_refused(target: Target, message: str) -> No
 @pytest.mark.invariant(6)
 def test_existing_branch_is_never_moved(target: Target) -> None:
     """Invariant 6: a taskbox/<key> branch that already exists elsewhere is left where it is."""
-    git(target.repo, "-c", f"core.hooksPath={os.devnull}", "branch", f"taskbox/{KEY}", target.commit)
+    git(
+        target.repo, "-c", f"core.hooksPath={os.devnull}", "branch", f"taskbox/{KEY}", target.commit
+    )
     target.before = repo_state(target.repo)
     work = target.forge.work({"app/api/users.py": b"USERS = []\n"})
     target.refused("branch_exists", lambda: target.ingest(target.forge.bundle(work)))
 
 
 @pytest.mark.invariant(9)
-def test_plan_made_under_another_policy_is_refused_at_ingestion(target: Target, security_policies: Path, tmp_path: Path) -> None:
+def test_plan_made_under_another_policy_is_refused_at_ingestion(
+    target: Target, security_policies: Path, tmp_path: Path
+) -> None:
     """Invariant 9: if the policy changed after the plan was audited (its digest differs), nothing is ingested."""
     changed = tmp_path / "changed-policies"
     changed.mkdir()
-    text = (security_policies / "sec-probe.yaml").read_text().replace("file_size_mb: 8", "file_size_mb: 9")
+    text = (
+        (security_policies / "sec-probe.yaml")
+        .read_text()
+        .replace("file_size_mb: 8", "file_size_mb: 9")
+    )
     (changed / "sec-probe.yaml").write_text(text)
     widened: Policy = load_policy(changed, "sec-probe")
     assert widened.digest() != target.plan.policy_digest
     work = target.forge.work({"app/api/users.py": b"USERS = []\n"})
-    target.refused("plan_mismatch", lambda: target.ingest(target.forge.bundle(work), policy=widened))
+    target.refused(
+        "plan_mismatch", lambda: target.ingest(target.forge.bundle(work), policy=widened)
+    )
 
 
 # --------------------------------------------------------------------------- real runs
@@ -475,7 +549,7 @@ def test_hostile_git_files_planted_in_a_real_run_never_reach_the_host(arena: Are
     """Invariant 6: a real run whose model and tests plant .git config, hooks and attributes leaves the host untouched."""
     marker = arena.tmp / f"MARKER-{secrets.token_hex(4)}"
     touch = f"touch {marker}"
-    config = f"[core]\n\tfsmonitor = {touch}\n\thooksPath = hooks\n[filter \"x\"]\n\tsmudge = {touch}\n\tclean = {touch}\n"
+    config = f'[core]\n\tfsmonitor = {touch}\n\thooksPath = hooks\n[filter "x"]\n\tsmudge = {touch}\n\tclean = {touch}\n'
     plant = (
         "for root in ('/out', '/work/app/api'):\n"
         "    Path(root, '.git', 'hooks').mkdir(parents=True, exist_ok=True)\n"
@@ -506,7 +580,9 @@ def test_hostile_git_files_planted_in_a_real_run_never_reach_the_host(arena: Are
     changed = [*result.files_created, *result.files_modified]
     assert not [p for p in changed if ".git" in p.split("/") or p.endswith(".gitattributes")]
     after = repo_state(arena.repo)
-    assert {k: v for k, v in after.items() if k != "refs"} == {k: v for k, v in before.items() if k != "refs"}
+    assert {k: v for k, v in after.items() if k != "refs"} == {
+        k: v for k, v in before.items() if k != "refs"
+    }
     if result.git_commit is not None:
         names = git(arena.repo, "ls-tree", "-r", "--name-only", result.git_commit).decode().split()
         assert not [n for n in names if "/.git" in n or n.startswith(".git")]
@@ -524,13 +600,18 @@ def test_lying_result_json_from_a_real_sandbox_is_not_believed(arena: Arena) -> 
         "files_modified": [".env"],
         "git_commit": arena.commit,
         "summary": "\x1b]8;;http://evil.invalid\x07all good\x1b]8;;\x07",
-        "test_results": {"total": 5, "passed": 5, "failed": 0, "skipped": 0, "coverage_percent": 100.0},
-        "constraints": [{"id": n, "name": f"c{n}", "passed": True, "evidence": []} for n in range(1, 11)],
+        "test_results": {
+            "total": 5,
+            "passed": 5,
+            "failed": 0,
+            "skipped": 0,
+            "coverage_percent": 100.0,
+        },
+        "constraints": [
+            {"id": n, "name": f"c{n}", "passed": True, "evidence": []} for n in range(1, 11)
+        ],
     }
-    plant = (
-        f"Path('/out/result.json').write_text(json.dumps({lie!r}))\n"
-        "os.chmod('/out', 0o500)\n"
-    )
+    plant = f"Path('/out/result.json').write_text(json.dumps({lie!r}))\nos.chmod('/out', 0o500)\n"
     script = write_script(
         arena.tmp / "scripts",
         hostile_script([editor_create("tests/test_lie.py", forwarding_test(before=plant))]),
@@ -546,15 +627,28 @@ def test_lying_result_json_from_a_real_sandbox_is_not_believed(arena: Arena) -> 
         run_id=run_id, task=task, repo=arena.repo, base_ref="HEAD", policy_name="sec-run"
     )
     recorded = (arena.runs / run_id / "record" / "sandbox.log").read_text()
-    assert "Permission denied" in recorded or "PermissionError" in recorded, "the runner was not locked out"
+    assert "Permission denied" in recorded or "PermissionError" in recorded, (
+        "the runner was not locked out"
+    )
     assert result.status != "succeeded"
     assert result.git_commit is None
     assert result.files_created == []
     assert result.files_modified == []
     assert "\x1b" not in result.summary
     assert repo_state(arena.repo) == before
-    assert subprocess.run(
-        ["git", "-C", str(arena.repo), "rev-parse", "--verify", "--quiet", "refs/heads/taskbox/SEC-LIE"],
-        capture_output=True,
-        check=False,
-    ).returncode != 0
+    assert (
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                str(arena.repo),
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "refs/heads/taskbox/SEC-LIE",
+            ],
+            capture_output=True,
+            check=False,
+        ).returncode
+        != 0
+    )

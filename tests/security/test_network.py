@@ -52,7 +52,9 @@ def host_addresses(arena: Arena) -> list[str]:
             if config.get("Gateway"):
                 found.add(config["Gateway"])
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False).stdout
+        out = subprocess.run(
+            ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False
+        ).stdout
         found |= {line.split()[3].split("/")[0] for line in out.splitlines() if " lo " not in line}
     found.discard("127.0.0.1")
     return sorted(found)
@@ -117,7 +119,9 @@ def network(arena: Arena, listener: HostListener) -> tuple[ProbeRun, InboundAtte
 
 
 @pytest.mark.invariant(3)
-def test_only_a_loopback_interface_and_no_route(network: tuple[ProbeRun, InboundAttempt, list[str]]) -> None:
+def test_only_a_loopback_interface_and_no_route(
+    network: tuple[ProbeRun, InboundAttempt, list[str]],
+) -> None:
     """Invariant 3: the sandbox has the lo interface only and an empty routing table."""
     report = network[0].report
     assert report["interfaces"] == ["lo"]
@@ -159,7 +163,9 @@ def test_host_and_controller_port_are_unreachable(
 
 
 @pytest.mark.invariant(3)
-def test_dns_lookups_and_dns_exfiltration_fail(network: tuple[ProbeRun, InboundAttempt, list[str]]) -> None:
+def test_dns_lookups_and_dns_exfiltration_fail(
+    network: tuple[ProbeRun, InboundAttempt, list[str]],
+) -> None:
     """Invariant 3: neither a public name nor a data-carrying name resolves."""
     report = network[0].report
     assert report["dns_public_name"] == "gaierror"
@@ -167,7 +173,9 @@ def test_dns_lookups_and_dns_exfiltration_fail(network: tuple[ProbeRun, InboundA
 
 
 @pytest.mark.invariant(3)
-def test_raw_packet_and_icmp_sockets_are_refused(network: tuple[ProbeRun, InboundAttempt, list[str]]) -> None:
+def test_raw_packet_and_icmp_sockets_are_refused(
+    network: tuple[ProbeRun, InboundAttempt, list[str]],
+) -> None:
     """Invariant 3: AF_PACKET and raw ICMP sockets need capabilities the sandbox lacks; a ping goes nowhere."""
     report = network[0].report
     assert report["raw_packet"] == "EPERM"
@@ -177,7 +185,9 @@ def test_raw_packet_and_icmp_sockets_are_refused(network: tuple[ProbeRun, Inboun
 
 
 @pytest.mark.invariant(3)
-def test_listener_inside_cannot_be_reached(network: tuple[ProbeRun, InboundAttempt, list[str]]) -> None:
+def test_listener_inside_cannot_be_reached(
+    network: tuple[ProbeRun, InboundAttempt, list[str]],
+) -> None:
     """Invariant 3: a server inside gets no address, no port binding, and no connection."""
     run, inbound, _addresses = network
     assert run.report["inbound"] == {"listen": "ok", "accepted": None}
@@ -193,7 +203,9 @@ def test_listener_inside_cannot_be_reached(network: tuple[ProbeRun, InboundAttem
 
 
 @pytest.mark.invariant(3)
-def test_no_engine_socket_and_no_docker_host_inside(network: tuple[ProbeRun, InboundAttempt, list[str]]) -> None:
+def test_no_engine_socket_and_no_docker_host_inside(
+    network: tuple[ProbeRun, InboundAttempt, list[str]],
+) -> None:
     """Invariant 3: no Unix socket at all (docker.sock above all) and no DOCKER_HOST in a probe sandbox."""
     report = network[0].report
     assert report["unix_sockets"] == []

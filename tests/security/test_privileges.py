@@ -60,7 +60,9 @@ def test_sandbox_user_has_no_capabilities_and_no_new_privileges(privileges: Prob
     report = privileges.report
     assert (report["uid"], report["euid"], report["gid"]) == (10001, 10001, 10001)
     assert 0 not in report["groups"]
-    assert report["caps"] == dict.fromkeys(("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), ZERO_CAPS)
+    assert report["caps"] == dict.fromkeys(
+        ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), ZERO_CAPS
+    )
     assert report["no_new_privs"] == "1"
     assert report["seccomp"] == "2"
 
@@ -125,7 +127,12 @@ def test_no_secret_in_env_files_proc_or_inherited_descriptors(secrets_probe: Pro
     assert not any(report["home_files"].values()), report["home_files"]
     assert set(report["open_fds"]) <= {0, 1, 2, 3}  # 3: the probe's own listing of /proc/self/fd
     allowed_env = {"COVERAGE_FILE", "HOME", "HOSTNAME", "LANG", "PATH", "PIP_NO_INDEX"}
-    allowed_env |= {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "TASKBOX_RUN_CONFIG", "VIRTUAL_ENV"}
+    allowed_env |= {
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONUNBUFFERED",
+        "TASKBOX_RUN_CONFIG",
+        "VIRTUAL_ENV",
+    }
     assert set(report["env_names"]) <= allowed_env
 
 
@@ -151,7 +158,14 @@ def test_api_key_never_enters_a_real_run_while_the_gateway_uses_it(
     task = make_task(
         "SEC-KEY",
         owns=["app/api/", "tests/test_hostile.py"],
-        relevant=[PROBE_PATH, "pyproject.toml", "app/__init__.py", "app/main.py", ".env", "secrets/api.key"],
+        relevant=[
+            PROBE_PATH,
+            "pyproject.toml",
+            "app/__init__.py",
+            "app/main.py",
+            ".env",
+            "secrets/api.key",
+        ],
     )
     before = repo_state(arena.repo)
     run_id = new_run_id(task.task_key)

@@ -6,7 +6,6 @@ The probe policy (conftest) allows 256 MiB, half a CPU, 64 pids, 256 open files,
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shutil
@@ -72,7 +71,9 @@ def fill(arena: Arena) -> tuple[dict[str, dict[str, int | str]], str]:
 
 
 @pytest.mark.invariant(7)
-def test_filling_tmp_and_shm_stops_at_their_size(fill: tuple[dict[str, dict[str, int | str]], str]) -> None:
+def test_filling_tmp_and_shm_stops_at_their_size(
+    fill: tuple[dict[str, dict[str, int | str]], str],
+) -> None:
     """Invariant 7: /tmp stops at its 16 MiB and /dev/shm at its 16 MiB with ENOSPC."""
     report, _ = fill
     assert report["tmp"]["error"] == "ENOSPC"
@@ -181,7 +182,9 @@ def test_orphans_of_a_dead_controller_are_found_and_removed(arena: Arena) -> Non
 def test_cancelled_run_removes_its_sandbox_at_once(arena: Arena) -> None:
     """Invariant 8: cancelling a run whose hostile test sleeps removes the container and the staging."""
     sleeper = '"""Hostile test: never ends."""\n\nimport time\n\n\ndef test_sleep() -> None:\n    time.sleep(300)\n'
-    script = write_script(arena.tmp / "scripts", hostile_script([editor_create("tests/test_sleep.py", sleeper)]))
+    script = write_script(
+        arena.tmp / "scripts", hostile_script([editor_create("tests/test_sleep.py", sleeper)])
+    )
     task = make_task(
         "SEC-CANCEL",
         owns=["app/api/", "tests/test_sleep.py"],
@@ -218,4 +221,4 @@ def test_cancelled_run_removes_its_sandbox_at_once(arena: Arena) -> None:
     assert session_containers(arena.client, run_id) == []
     assert not (arena.runs / run_id / "stage").exists()
     assert repo_state(arena.repo) == before
-    assert os.path.isdir(arena.runs / run_id / "record")
+    assert (arena.runs / run_id / "record").is_dir()

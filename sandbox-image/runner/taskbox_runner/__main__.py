@@ -141,4 +141,10 @@ def main(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The result is written and flushed; skipping interpreter teardown saves 0.2-0.6 s
+    # per task (measured in bench B2), and nothing is left to clean up in a throwaway sandbox.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

