@@ -78,8 +78,15 @@ _SUFFIXES: dict[str, type[_Strict]] = {
 }
 
 
-class ResourceRequest(_Strict):
-    """Limits a task may ask for; each must stay within its policy's ``max``."""
+class ResourceRequest(BaseModel):
+    """Limits a task may ask for; each must stay within its policy's ``max`` (camelCase on the wire)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
+        populate_by_name=True,
+    )
 
     memory_mb: int | None = Field(default=None, gt=0)
     cpus: float | None = Field(default=None, gt=0)

@@ -325,7 +325,7 @@ class TaskRunner:
             transcript=record.dir / "transcript.jsonl",
         )
         with GatewayThread(gateway, staging.gateway / "gateway.sock") as thread:
-            outcome, output = self._run_sandbox(spec, record, sink, run.cancel)
+            outcome, output = self._run_sandbox(spec, record, sink, run.cancel, policy)
             usage = thread.usage
         meta.usage = usage
         record.write_json("usage.json", usage.model_dump(mode="json"))
@@ -348,7 +348,12 @@ class TaskRunner:
         return self._report(run, outcome, output)
 
     def _run_sandbox(
-        self, spec: ContainerSpec, record: RunRecord, sink: EventSink, cancel: threading.Event
+        self,
+        spec: ContainerSpec,
+        record: RunRecord,
+        sink: EventSink,
+        cancel: threading.Event,
+        policy: Policy,
     ) -> tuple[SandboxOutcome, dict[str, bytes | str]]:
         """Create, start, wait (deadline and cancel), collect, remove: the container never outlives this."""
         log_sink = _SandboxLog(record.dir / "sandbox.log", sink)
@@ -374,7 +379,12 @@ class TaskRunner:
                 watcher.stop()
             output: dict[str, bytes | str] = {}
             if not cancel.is_set() and not outcome.timed_out:
-                collected = self._backend.collect(handle, self._caps())
+                # The policy's caps bound what is read into memory at all.
+                caps = {
+                    RESULT_FILE: policy.ingestion.max_result_bytes,
+                    BUNDLE_FILE: policy.ingestion.max_bundle_bytes,
+                }
+                collected = self._backend.collect(handle, caps)
                 output.update(collected.files)
                 output.update({name: f"refused: {why}" for name, why in collected.refused.items()})
             return outcome, output
@@ -382,10 +392,6 @@ class TaskRunner:
             log_sink.close()
             if handle is not None:
                 self._backend.remove(handle)
-
-    def _caps(self) -> dict[str, int]:
-        # The policy's caps are checked again by ingestion; these bound what is read at all.
-        return {RESULT_FILE: 64 * 1024 * 1024, BUNDLE_FILE: 2 * 1024 * 1024 * 1024}
 
     def _report(
         self, run: _AdmittedRun, outcome: SandboxOutcome, output: dict[str, bytes | str]

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from controller.api import create_app
 from controller.api.logs import configure_logging
 from controller.cli.common import CliError, describe_validation_error
+from controller.preflight import Level, run_preflight
 from controller.settings import Settings
 
 if TYPE_CHECKING:
@@ -70,6 +71,19 @@ def load_executor(settings: Settings) -> tuple[TaskExecutor, Mapping[str, Callab
     return cast("TaskExecutor", make_executor(settings)), probes
 
 
+DOCKER_EXECUTOR = "controller.runs"
+
+
+def _preflight_or_refuse(settings: Settings) -> None:
+    """Refuse to serve on an unsafe host; warnings are logged (``taskbox preflight`` shows all)."""
+    report = run_preflight(settings, probe=False)  # logs each warning itself
+    if report.refused:
+        refused = "; ".join(
+            f"{c.name}: {c.summary}" for c in report.checks if c.level is Level.REFUSE
+        )
+        raise CliError(f"this host is not safe for sandboxes: {refused} (see `taskbox preflight`)")
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -93,6 +107,8 @@ def serve(host: str, port: int, log_format: str) -> None:
             "no API tokens configured: set TASKBOX_API_TOKENS='TOKEN=repo1,repo2;TOKEN2=*'"
         )
     configure_logging(cast("Literal['json', 'text']", log_format))
+    if settings.executor_module == DOCKER_EXECUTOR:
+        _preflight_or_refuse(settings)
     executor, probes = load_executor(settings)
     app = create_app(settings, executor, readiness_probes=probes)
     context: AppContext = app.state.taskbox

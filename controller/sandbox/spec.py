@@ -67,10 +67,22 @@ class TmpfsMount(BaseModel):
     size_bytes: int
     options: tuple[str, ...] = ("rw", "noexec", "nosuid", "nodev")
     mode: int = 0o1777
+    uid: int
+    gid: int
+    """Owner of the mount's root. The engine copies an image folder's owner onto a tmpfs
+    over it (``/home/sandbox`` would stay root's, whatever ``mode`` says), so it is set."""
 
     def option_string(self) -> str:
-        """The engine's tmpfs option form, e.g. ``rw,noexec,nosuid,nodev,size=268435456,mode=1777``."""
-        return ",".join([*self.options, f"size={self.size_bytes}", f"mode={self.mode:o}"])
+        """The engine's tmpfs option form, e.g. ``rw,noexec,nosuid,nodev,size=268435456,mode=1777,uid=10001,gid=10001``."""
+        return ",".join(
+            [
+                *self.options,
+                f"size={self.size_bytes}",
+                f"mode={self.mode:o}",
+                f"uid={self.uid}",
+                f"gid={self.gid}",
+            ]
+        )
 
 
 class Ulimit(BaseModel):
@@ -180,7 +192,10 @@ def build_container_spec(
             LABEL_CONTROLLER: controller_id,
         },
         mounts=mounts,
-        tmpfs=[TmpfsMount(target=t.path, size_bytes=t.size_mb * MIB) for t in policy.tmpfs],
+        tmpfs=[
+            TmpfsMount(target=t.path, size_bytes=t.size_mb * MIB, uid=policy.uid, gid=policy.gid)
+            for t in policy.tmpfs
+        ],
         memory_bytes=memory,
         memory_swap_bytes=memory,  # equal: no swap beyond the memory limit
         nano_cpus=int(limits.cpus * 1_000_000_000),

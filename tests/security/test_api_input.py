@@ -43,6 +43,7 @@ from tests.security.conftest import (
     write_script,
 )
 
+pytestmark = [pytest.mark.security]
 TOKEN_ALL = secrets.token_urlsafe(24)
 TOKEN_ALPHA = secrets.token_urlsafe(24)
 FINISHED = ("succeeded", "failed", "timeout", "cancelled", "error")

@@ -26,7 +26,7 @@ from tests.security.conftest import (
 if TYPE_CHECKING:
     pass
 
-pytestmark = [pytest.mark.docker]
+pytestmark = [pytest.mark.security, pytest.mark.docker]
 
 MIB = 1024 * 1024
 #: Caps the collector is asked to read with: every planted name, a small cap for the sparse file.

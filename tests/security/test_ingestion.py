@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from controller.ingest import IngestedResult
     from controller.policy.schema import Policy
 
+pytestmark = [pytest.mark.security]
 KEY = "SEC-ING"
 MIB = 1024 * 1024
 

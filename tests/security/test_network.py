@@ -25,7 +25,7 @@ from tests.security.conftest import LISTENING_LINE, Arena, ProbeRun, session_con
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-pytestmark = [pytest.mark.docker]
+pytestmark = [pytest.mark.security, pytest.mark.docker]
 
 
 @dataclass

@@ -32,7 +32,7 @@ from tests.security.conftest import (
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-pytestmark = [pytest.mark.docker]
+pytestmark = [pytest.mark.security, pytest.mark.docker]
 
 CANARIES = (API_KEY_CANARY, DOTENV_CANARY, SECRET_FILE_CANARY)
 REVERSED = [c[::-1] for c in CANARIES]
@@ -126,6 +126,7 @@ def test_no_secret_in_env_files_proc_or_inherited_descriptors(secrets_probe: Pro
     assert report["docker_host"] is None
     assert not any(report["home_files"].values()), report["home_files"]
     assert set(report["open_fds"]) <= {0, 1, 2, 3}  # 3: the probe's own listing of /proc/self/fd
+    assert report["run_json_mode"] == "0o400"  # the per-run gateway token: the sandbox user only
     allowed_env = {"COVERAGE_FILE", "HOME", "HOSTNAME", "LANG", "PATH", "PIP_NO_INDEX"}
     allowed_env |= {
         "PYTHONDONTWRITEBYTECODE",

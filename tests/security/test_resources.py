@@ -31,7 +31,7 @@ from tests.security.conftest import (
     write_script,
 )
 
-pytestmark = [pytest.mark.docker]
+pytestmark = [pytest.mark.security, pytest.mark.docker]
 
 MIB = 1024 * 1024
 

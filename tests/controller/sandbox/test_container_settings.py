@@ -97,8 +97,8 @@ def test_spec_carries_the_policy_limits_and_only_planned_mounts(spec: ContainerS
         ("core", 0, 0),
     ]
     assert [(t.target, t.option_string()) for t in spec.tmpfs] == [
-        ("/tmp", f"rw,noexec,nosuid,nodev,size={8 * MIB},mode=1777"),
-        ("/home/sandbox", f"rw,noexec,nosuid,nodev,size={4 * MIB},mode=1777"),
+        ("/tmp", f"rw,noexec,nosuid,nodev,size={8 * MIB},mode=1777,uid=10001,gid=10001"),
+        ("/home/sandbox", f"rw,noexec,nosuid,nodev,size={4 * MIB},mode=1777,uid=10001,gid=10001"),
     ]
     assert [(str(m.source), m.target, m.read_only) for m in spec.mounts] == [
         ("/stage/r1/work", "/work", True),
@@ -136,8 +136,8 @@ def test_create_kwargs_are_exactly_the_hardened_settings(spec: ContainerSpec) ->
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
         "tmpfs": {
-            "/tmp": f"rw,noexec,nosuid,nodev,size={8 * MIB},mode=1777",
-            "/home/sandbox": f"rw,noexec,nosuid,nodev,size={4 * MIB},mode=1777",
+            "/tmp": f"rw,noexec,nosuid,nodev,size={8 * MIB},mode=1777,uid=10001,gid=10001",
+            "/home/sandbox": f"rw,noexec,nosuid,nodev,size={4 * MIB},mode=1777,uid=10001,gid=10001",
         },
         "mounts": [
             Mount("/work", "/stage/r1/work", type="bind", read_only=True, propagation="rprivate"),

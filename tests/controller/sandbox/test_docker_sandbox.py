@@ -149,6 +149,13 @@ except OSError as exc:
     assert int(written) <= 8 * MIB
 
 
+def test_home_and_tmp_are_writable_by_the_sandbox_user(in_sandbox: SandboxRunner) -> None:
+    """HOME and /tmp are the sandbox user's scratch space (tools write caches there), not root's."""
+    run = in_sandbox("sh -c 'touch $HOME/.cache-probe /tmp/probe && stat -c %u $HOME && echo ok'")
+    assert run.run.outcome.exit_code == 0, run.run.outcome.log_tail
+    assert run.run.outcome.log_tail.split() == ["10001", "ok"]
+
+
 def test_flooding_stdout_is_cut_at_the_log_cap(in_sandbox: SandboxRunner) -> None:
     """3 MB of output against a 1 MiB cap: the stream stops at the cap and says it was cut."""
     seen: list[str] = []
@@ -241,8 +248,8 @@ def test_inspected_sandbox_has_every_hardened_setting(in_sandbox: SandboxRunner)
         "Config": {"max-file": "1", "max-size": str(MIB)},
     }
     assert host["Tmpfs"] == {
-        "/tmp": f"rw,noexec,nosuid,nodev,size={8 * MIB},mode=1777",
-        "/home/sandbox": f"rw,noexec,nosuid,nodev,size={4 * MIB},mode=1777",
+        "/tmp": f"rw,noexec,nosuid,nodev,size={8 * MIB},mode=1777,uid=10001,gid=10001",
+        "/home/sandbox": f"rw,noexec,nosuid,nodev,size={4 * MIB},mode=1777,uid=10001,gid=10001",
     }
     assert config["User"] == "10001:10001"
     assert run.run.image_id.startswith("sha256:")
