@@ -216,6 +216,10 @@ class TaskResult(_Strict):
     constraints: list[ConstraintReport] = Field(default_factory=list, max_length=10)
     reason: SafeText | None = None
     """Why the task did not succeed, in one sentence; ``None`` on success."""
+    rounds: int | None = Field(default=None, ge=0, le=1000)
+    """Generate-verify rounds the loop ran (a round ends when the checks run after the
+    model's turn). Reported by the runner; the controller drops it when it is more than
+    the model requests its gateway saw."""
 
     @field_validator("constraints")
     @classmethod

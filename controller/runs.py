@@ -215,19 +215,30 @@ class TaskRunner:
         cancel: threading.Event | None = None,
         model: str | None = None,
         policy_name: str | None = None,
+        command: list[str] | None = None,
     ) -> TaskResult:
         """Run one task and return the controller's result; never raises for the task's own failure.
+
+        ``command`` replaces the runner inside the same sandbox (tests and probes only;
+        no caller of the API can set it).
 
         Raises InvalidTaskError, RepositoryError or PolicyError when the task cannot be
         admitted (nothing was started then), and SandboxError when the engine fails.
         """
+        # Admission first: a refused task starts nothing and leaves no run folder.
+        top, base, policy, plan = self.admit(task, repo, base_ref, policy_name)
         record = RunRecord(self._settings.runs_dir, run_id)
         record.create()
         sink = _RecordingSink(record, emit)
         cancel = cancel or threading.Event()
         model_spec = model or self._model
-        sink(RunEvent(stage="admitted", message=f"task {task.task_key} admitted"))
-        top, base, policy, plan = self.admit(task, repo, base_ref, policy_name)
+        sink(
+            RunEvent(
+                stage="admitted",
+                message=f"task {task.task_key} admitted at {base[:12]} under policy {policy.name}",
+                data={"base_commit": base, "policy_digest": policy.digest()},
+            )
+        )
         commit_date = _commit_date(model_spec, datetime.now(UTC))
         meta = RunMeta(
             run_id=run_id,
@@ -255,6 +266,7 @@ class TaskRunner:
             plan=plan,
             sink=sink,
             cancel=cancel,
+            command=command or RUNNER_COMMAND,
         )
         try:
             result = self._execute_admitted(run)
@@ -315,7 +327,7 @@ class TaskRunner:
             staging=staging,
             image=image_id,
             run_id=meta.run_id,
-            command=RUNNER_COMMAND,
+            command=run.command,
             controller_id=self._controller_id,
         )
         gateway = ModelGateway(
@@ -345,7 +357,11 @@ class TaskRunner:
                 },
             )
         )
-        return self._report(run, outcome, output)
+        result = self._report(run, outcome, output)
+        if result.rounds is not None and result.rounds > usage.requests:
+            # Each round needs at least one model request: a larger claim is not believed.
+            result = result.model_copy(update={"rounds": None})
+        return result
 
     def _run_sandbox(
         self,
@@ -484,6 +500,7 @@ class _AdmittedRun:
     plan: MountPlan
     sink: EventSink
     cancel: threading.Event
+    command: list[str]
 
 
 class _RecordingSink:

@@ -40,3 +40,9 @@ class CliError(click.ClickException):
     """A failure shown to the user as ``error: message`` with exit status 2."""
 
     exit_code = 2
+
+
+class InfrastructureError(CliError):
+    """The engine, the image or the gateway failed, not the input: exit status 3."""
+
+    exit_code = 3

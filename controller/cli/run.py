@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from controller.cli.common import CliError, load_task_file
-from controller.errors import TaskboxError
+from controller.cli.common import CliError, InfrastructureError, load_task_file
+from controller.errors import InvalidTaskError, PolicyError, RepositoryError, TaskboxError
 from controller.runs import RunEvent, TaskRunner, new_run_id
 from controller.sandbox.docker import DockerBackend, DockerImages
 from controller.settings import get_settings
@@ -39,22 +39,30 @@ def run(  # click passes every option by keyword
     runs_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Run TASK_FILE against the repository DIR and put the checked commit on taskbox/<taskKey>."""
+    """Run TASK_FILE against the repository DIR and put the checked commit on taskbox/<taskKey>.
+
+    Exit status: 0 the task succeeded; 1 it ran but did not succeed (checks failed, timeout,
+    output refused); 2 invalid input (task, policy, repository); 3 the infrastructure failed
+    (no engine, no image, the sandbox left no result).
+    """
     settings = get_settings()
     if runs_dir is not None:
         settings = settings.model_copy(update={"runs_dir": runs_dir.resolve()})
     console = Console(stderr=True)
-    task = load_task_file(task_file)
+    try:
+        task = load_task_file(task_file)
+    except InvalidTaskError as exc:
+        raise CliError(str(exc)) from exc
     run_id = new_run_id(task.task_key)
 
     def show(event: RunEvent) -> None:
         if not as_json:
             console.print(f"[dim]{event.stage:>15}[/]  {event.message}")
 
-    runner = TaskRunner(
-        settings, DockerBackend.from_settings(settings), DockerImages.from_settings(settings)
-    )
     try:
+        runner = TaskRunner(
+            settings, DockerBackend.from_settings(settings), DockerImages.from_settings(settings)
+        )
         result = runner.execute(
             run_id=run_id,
             task=task,
@@ -65,10 +73,14 @@ def run(  # click passes every option by keyword
             model=model,
             policy_name=policy_name,
         )
-    except TaskboxError as exc:
+    except (InvalidTaskError, PolicyError, RepositoryError) as exc:
         raise CliError(str(exc)) from exc
+    except TaskboxError as exc:
+        raise InfrastructureError(str(exc)) from exc
     click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
     if not as_json:
         console.print(f"run record: {settings.runs_dir / run_id / 'record'}")
+    if result.status == "error":
+        raise SystemExit(InfrastructureError.exit_code)
     if result.status != "succeeded":
         raise SystemExit(1)

@@ -277,6 +277,7 @@ def test_model_breaking_the_contract_gets_the_report_and_fixes_it(
     assert result.status == "succeeded", result.reason
     contract = next(c for c in result.constraints if c.id == 6)
     assert contract.passed
+    assert result.rounds == 2
 
     transcript = read_transcript(RunRecord(settings.runs_dir, run_id).dir / "transcript.jsonl")
     # The request after the first end_turn carries the checks' report naming the contract problem.
@@ -328,3 +329,52 @@ def test_a_conftest_that_skips_every_test_does_not_report_success(
     assert any("conftest.py" in e or "skip" in e for e in tests_pass.evidence)
     assert git(repo, "branch", "--list", "taskbox/*") == ""
     assert_no_container_left(runner, run_id)
+
+
+def test_a_failing_test_goes_back_to_the_model_and_the_second_round_passes(
+    tmp_path: Path, runner: TaskRunner, settings: Settings
+) -> None:
+    """Round one ends with a failing test; the model sees pytest's report, fixes it, and round two passes."""
+    repo = example_repo(tmp_path / "repo")
+    route = ROUTE_WRONG_PATH.replace('"/greeting"', '"/greetings"')
+    wrong_test = greeting_tests("/greetings").replace("Hello, Ada!", "Hi, Ada!")
+    script = write_script(
+        tmp_path / "tests.jsonl",
+        [
+            {
+                "content": [
+                    editor("create", path="app/schemas/__init__.py", file_text=""),
+                    editor("create", path="app/schemas/greeting.py", file_text=SCHEMA),
+                    editor("create", path="app/api/__init__.py", file_text=""),
+                    editor("create", path="app/api/greetings.py", file_text=route),
+                    editor("create", path="tests/test_greetings.py", file_text=wrong_test),
+                    *MAIN_EDITS,
+                ],
+                "stop_reason": "tool_use",
+            },
+            {"content": [{"type": "text", "text": "Done."}], "stop_reason": "end_turn"},
+            {
+                "content": [
+                    editor(
+                        "str_replace",
+                        path="tests/test_greetings.py",
+                        old_str="Hi, Ada!",
+                        new_str="Hello, Ada!",
+                    )
+                ],
+                "stop_reason": "tool_use",
+            },
+            {
+                "content": [{"type": "text", "text": "Fixed the expectation."}],
+                "stop_reason": "end_turn",
+            },
+        ],
+    )
+    run_id, result = run_task(runner, example_task(), repo, f"scripted:{script}")
+    assert result.status == "succeeded", result.reason
+    assert result.rounds == 2
+    assert result.test_results.failed == 0
+    transcript = read_transcript(RunRecord(settings.runs_dir, run_id).dir / "transcript.jsonl")
+    feedback = json.dumps(transcript[2].request.body)
+    assert "test_create" in feedback
+    assert "Hi, Ada!" in feedback or "failed" in feedback

@@ -67,6 +67,8 @@ class ScriptError(_ScriptModel):
     type: str | None = None
     message: str = Field(min_length=1)
     should_retry: bool | None = None
+    retry_after: float | None = Field(default=None, ge=0, le=60)
+    """Seconds for a ``retry-after`` header, as a rate-limited API sends it."""
 
 
 class ScriptTurn(_ScriptModel):
@@ -167,6 +169,7 @@ class ScriptedUpstream:
                 error.type or error_type_for(error.status),
                 error.message,
                 should_retry=error.should_retry,
+                retry_after=error.retry_after,
             )
         content: list[dict[str, Any]] = []
         for index, block in enumerate(turn.content):

@@ -100,6 +100,7 @@ def build_result(
         "summary": summarise(outcome, commit, report),
         "missing_context": missing_context,
         "reason": None if passed else _clip(reason or "the checks did not pass"),
+        "rounds": outcome.rounds,
     }
     if report is not None:
         fields["test_results"] = report.test_results
