@@ -52,7 +52,7 @@ def scan_secrets(
     wanted = [f for f in files if _scannable(space, f)]
     if not wanted or not names:
         return []
-    types = {cls.__name__: kind for kind, cls in get_mapping_from_secret_type_to_class().items()}
+    types = {cls.__name__: kind for kind, cls in _plugin_classes().items()}
     findings = []
     with _SETTINGS_LOCK, transient_settings({"plugins_used": [{"name": n} for n in names]}):
         get_settings().disable_filters(ALLOWLIST_FILTER)
@@ -104,4 +104,10 @@ def check_secrets(space: Workspace, ruff: RuffRun) -> CheckOutcome:
 
 def default_plugin_names() -> list[str]:
     """Class names of detect-secrets' default plugins."""
-    return [cls.__name__ for cls in get_mapping_from_secret_type_to_class().values()]
+    return [cls.__name__ for cls in _plugin_classes().values()]
+
+
+def _plugin_classes() -> dict[str, type]:
+    """detect-secrets' plugin classes by secret type (its own function is untyped)."""
+    mapping: dict[str, type] = get_mapping_from_secret_type_to_class()
+    return mapping
