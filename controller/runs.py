@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, ValidationError
-from taskbox_runner.config import RunBudget, RunConfig
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from taskbox_runner.progress import EVENT_PREFIX
 
 from controller.contract import Task, TaskResult, TaskStatus
@@ -31,7 +30,8 @@ from controller.ingest import CommitIdentity, ingest
 from controller.policy.loader import effective_policy, policy_for_worker
 from controller.policy.planner import MountPlan, plan_mounts
 from controller.sandbox.backend import SandboxBackend, SandboxHandle, SandboxOutcome
-from controller.sandbox.spec import GATEWAY_DIR, ContainerSpec, build_container_spec
+from controller.sandbox.spec import ContainerSpec, build_container_spec
+from controller.sandbox.task_sandbox import run_config_for
 from controller.staging import remove_staging, stage_run
 
 if TYPE_CHECKING:
@@ -44,9 +44,6 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 BUNDLE_FILE = "result.bundle"
 RUNNER_COMMAND = ["python", "-m", "taskbox_runner"]
-#: The runner stops its own loop this long before the controller's hard deadline, so
-#: it still has time to commit, bundle and write its result.
-RUNNER_FINISH_MARGIN_SECONDS = 30
 #: Stages a sandbox may report through its log; anything else it prints is only logged.
 SANDBOX_EVENT_STAGES = frozenset({"round", "checks", "model", "tool"})
 MAX_SANDBOX_EVENTS = 500
@@ -310,7 +307,7 @@ class TaskRunner:
         record.write_json("run.json", meta.model_dump(mode="json"))
 
         token = secrets.token_urlsafe(32)
-        config = _run_config(meta.run_id, task, plan, policy, token)
+        config = run_config_for(task, plan, policy, meta.run_id, token)
         staging = stage_run(
             repo=run.repo,
             plan=plan,
@@ -549,34 +546,6 @@ class _CancelWatcher:
     def stop(self) -> None:
         self._done.set()
         self._thread.join(timeout=5)
-
-
-def _run_config(run_id: str, task: Task, plan: MountPlan, policy: Policy, token: str) -> RunConfig:
-    owns = plan.owns_paths
-    readable = sorted({e.path for e in plan.read_only} | set(owns))
-    return RunConfig(
-        run_id=run_id,
-        task=task,
-        base_files={s.path: s.oid for s in plan.staged},
-        base_modes={s.path: "100755" for s in plan.staged if s.executable},
-        owns_paths=owns,
-        readable_paths=readable,
-        missing_context=plan.missing_context,
-        openapi_path=plan.contract,
-        coverage_threshold=policy.verification.coverage_threshold,
-        budget=RunBudget(
-            model=policy.model.default_model,
-            max_tokens_per_request=policy.model.max_tokens_per_request,
-            max_total_tokens=policy.model.max_total_tokens,
-            max_rounds=policy.model.max_rounds,
-            wall_clock_seconds=max(
-                policy.limits.wall_clock_seconds - RUNNER_FINISH_MARGIN_SECONDS,
-                policy.limits.wall_clock_seconds // 2,
-            ),
-        ),
-        gateway_socket=Path(GATEWAY_DIR) / "gateway.sock",
-        gateway_token=SecretStr(token),
-    )
 
 
 def _commit_date(model_spec: str, now: datetime) -> datetime:

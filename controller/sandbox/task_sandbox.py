@@ -53,10 +53,18 @@ class TaskSandboxRun(BaseModel):
     """The staging folder, when it was kept (``keep=True``); otherwise it is gone."""
 
 
-def run_config_for(task: Task, plan: MountPlan, policy: Policy, run_id: str) -> RunConfig:
-    """The RunConfig a run of ``task`` under ``plan`` gets, with a fresh random gateway token."""
+#: The runner stops its own loop this long before the controller's hard deadline, so
+#: it still has time to commit, bundle and write its result.
+RUNNER_FINISH_MARGIN_SECONDS = 30
+
+
+def run_config_for(
+    task: Task, plan: MountPlan, policy: Policy, run_id: str, token: str | None = None
+) -> RunConfig:
+    """The RunConfig a run of ``task`` under ``plan`` gets; a fresh random gateway token by default."""
     dirs = [e.path + "/" for e in plan.read_only if e.kind == "dir"]
     files = [e.path for e in plan.read_only if e.kind == "file"]
+    deadline = policy.limits.wall_clock_seconds
     return RunConfig(
         run_id=run_id,
         task=task,
@@ -72,9 +80,9 @@ def run_config_for(task: Task, plan: MountPlan, policy: Policy, run_id: str) -> 
             max_tokens_per_request=policy.model.max_tokens_per_request,
             max_total_tokens=policy.model.max_total_tokens,
             max_rounds=policy.model.max_rounds,
-            wall_clock_seconds=policy.limits.wall_clock_seconds,
+            wall_clock_seconds=max(deadline - RUNNER_FINISH_MARGIN_SECONDS, deadline // 2),
         ),
-        gateway_token=SecretStr(secrets.token_urlsafe(32)),
+        gateway_token=SecretStr(token or secrets.token_urlsafe(32)),
     )
 
 
