@@ -250,3 +250,22 @@ def test_git_ignores_hostile_config_in_the_environment(
 def test_work_commit_subject(owns: list[str], description: str, expected: str) -> None:
     """The subject is feat(<scope>): <first line> [<key>], cleaned and cut to 72 characters."""
     assert work_commit_subject("BE-9", description, owns) == expected
+
+
+@pytest.mark.parametrize(
+    ("description", "subject"),
+    [
+        (
+            "Add POST /greetings: takes a name and returns a greeting, as the contract says.",
+            "feat(api): Add POST /greetings: takes a name and returns a greeting [BE-1]",
+        ),
+        ("Add users. Then document them.", "feat(api): Add users [BE-1]"),
+        (
+            "Implement the user registration endpoint with email validation and password hashing",
+            "feat(api): Implement the user registration endpoint with email validation [BE-1]",
+        ),
+    ],
+)
+def test_commit_subject_keeps_whole_clauses(description: str, subject: str) -> None:
+    """A long description is cut at a clause or word, never leaving a dangling 'and' or 'the'."""
+    assert work_commit_subject("BE-1", description, ["app/api/"]) == subject

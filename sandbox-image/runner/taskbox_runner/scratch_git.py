@@ -111,6 +111,10 @@ def _is_plain_file(workdir: Path, rel: str) -> bool:
     return True
 
 
+_SUBJECT_WIDTH = 72  # a commit subject's customary width
+_DANGLING = frozenset({"a", "an", "and", "as", "for", "in", "of", "or", "the", "to", "with"})
+
+
 def work_commit_subject(task_key: str, description: str, owns_paths: Iterable[str]) -> str:
     """``feat(<scope>): <description> [<taskKey>]``, the worker's commit form.
 
@@ -131,9 +135,17 @@ def work_commit_subject(task_key: str, description: str, owns_paths: Iterable[st
 
     line = next((ln for ln in description.splitlines() if ln.strip()), "")
     line = _UNSAFE_PATH.sub(" ", line).strip().lstrip("#*->").strip()
-    line = " ".join(line.split()).rstrip(".")
-    if len(line) > 72:  # noqa: PLR2004 - a commit subject's customary width
-        line = line[:72].rsplit(" ", 1)[0].rstrip(",;:")
+    line = " ".join(line.split())
+    line = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0].rstrip(".")  # the first sentence
+    if len(line) > _SUBJECT_WIDTH:
+        # Cut at the last clause boundary that fits, else at a word: never mid-word.
+        head = line[:_SUBJECT_WIDTH]
+        clause = max(head.rfind(sep) for sep in (": ", "; ", ", ", " - "))
+        line = head[:clause] if clause > _SUBJECT_WIDTH // 3 else head.rsplit(" ", 1)[0]
+        words = line.rstrip(",;:- ").split(" ")
+        while len(words) > 1 and words[-1].lower() in _DANGLING:
+            words.pop()  # "... validation and" reads as cut off
+        line = " ".join(words)
     return f"feat({scope}): {line or 'implement task'} [{task_key}]"
 
 
