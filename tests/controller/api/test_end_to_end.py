@@ -8,12 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from controller.runs import make_executor, make_readiness_probes
 from controller.settings import PROJECT_ROOT
 from tests.conftest import git
-from tests.controller.api.conftest import ServedApi, SettingsFactory
+from tests.controller.api.conftest import ServedApi, ServedProcess, SettingsFactory
+from tests.controller.api.fake_executor import wait_for
 from tests.controller.api.test_events import read_events
 
 pytestmark = pytest.mark.docker
@@ -100,3 +102,71 @@ def test_the_same_key_twice_starts_one_container(
     assert [e.event for e in events].count("sandbox_started") == 1
     runs_dir = make_settings().runs_dir
     assert len([p for p in runs_dir.iterdir() if p.is_dir()]) == 1
+
+
+def running_containers(run_ids: list[str]) -> list[str]:
+    """Run ids that still have a Taskbox container on the engine."""
+    labels = {
+        container.labels.get("org.taskbox.run", "")
+        for container in docker.from_env().containers.list(
+            all=True, filters={"label": "org.taskbox.managed=1"}
+        )
+    }
+    return sorted(r for r in run_ids if r in labels)
+
+
+def test_kill_9_with_real_sandboxes_leaves_no_container_and_loses_no_task(
+    serve_process: Callable[..., ServedProcess], hello_repo: Path
+) -> None:
+    """SIGKILL of `taskbox serve` while two real sandboxes run and one task waits: the restart
+    removes both containers, re-queues both tasks in order, and all three finish with their branches."""
+    env = {
+        "TASKBOX_EXECUTOR_MODULE": "controller.runs",
+        "TASKBOX_REPOSITORIES": f"hello={hello_repo}",
+        "TASKBOX_MODEL_UPSTREAM": f"scripted:{EXAMPLES / 'greetings.script.jsonl'}",
+    }
+    server = serve_process(TASKBOX_MAX_CONCURRENT_TASKS="2", **env)
+    client = server.client()
+    keys = ("BE-201", "BE-202", "BE-203")
+    ids = []
+    for key in keys:
+        body = submission()
+        body["task"]["taskKey"] = key
+        body["task"]["contextJson"] = {
+            name.replace("BE-101", key): value
+            for name, value in body["task"]["contextJson"].items()
+        }
+        reply = client.post("/v1/tasks", json=body, headers={"Idempotency-Key": key})
+        assert reply.status_code == 202, reply.text
+        ids.append(reply.json()["id"])
+
+    def view(task_id: str) -> dict[str, Any]:
+        return dict(client.get(f"/v1/tasks/{task_id}").json())
+
+    def two_sandboxes_up() -> bool:
+        runs = [view(t).get("runId") for t in ids[:2]]
+        return all(runs) and running_containers([str(r) for r in runs]) == sorted(map(str, runs))
+
+    wait_for(two_sandboxes_up, timeout=120, what="two sandboxes to be running")
+    first_runs = sorted(str(view(t)["runId"]) for t in ids[:2])
+    assert view(ids[2])["status"] == "queued"
+    client.close()
+    server.kill()
+    assert running_containers(first_runs) == first_runs  # the crash left them behind
+
+    server = serve_process(TASKBOX_MAX_CONCURRENT_TASKS="1", **env)
+    client = server.client()
+    wait_for(
+        lambda: running_containers(first_runs) == [], timeout=60, what="recovery to remove them"
+    )
+    wait_for(
+        lambda: [view(t)["status"] for t in ids] == ["succeeded"] * 3,
+        timeout=300,
+        what="all three tasks to finish",
+    )
+    assert [view(t)["attempts"] for t in ids] == [2, 2, 1]
+    for key in keys:
+        assert git(hello_repo, "rev-parse", "--verify", f"taskbox/{key}").strip()
+    all_runs = [str(view(t)["runId"]) for t in ids]
+    assert running_containers([*first_runs, *all_runs]) == []
+    client.close()
