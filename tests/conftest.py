@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +23,8 @@ GIT_ENV = {
 }
 
 RepoFactory = Callable[..., tuple[Path, str]]
+
+EXAMPLE_REPO = Path(__file__).resolve().parents[1] / "examples" / "hello-api"
 
 
 def git(repo: Path, *args: str, input_bytes: bytes | None = None) -> str:
@@ -65,3 +68,12 @@ def make_repo(tmp_path: Path) -> RepoFactory:
         return repo, git(repo, "rev-parse", "HEAD").strip()
 
     return factory
+
+
+def copy_example_repo(where: Path) -> Path:
+    """A git repository made from examples/hello-api at ``where``, as scripts/demo makes it."""
+    shutil.copytree(EXAMPLE_REPO, where)
+    git(where, "init", "-q", "-b", "main")
+    git(where, "add", "-A")
+    git(where, "commit", "-q", "-m", "hello-api")
+    return where

@@ -12,19 +12,14 @@ from click.testing import CliRunner
 
 from controller.cli import cli
 from controller.settings import PROJECT_ROOT
-from tests.conftest import git
+from tests.conftest import copy_example_repo, git
 
 EXAMPLES = PROJECT_ROOT / "examples"
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    where = tmp_path / "hello-api"
-    shutil.copytree(EXAMPLES / "hello-api", where)
-    git(where, "init", "-q", "-b", "main")
-    git(where, "add", "-A")
-    git(where, "commit", "-q", "-m", "hello-api")
-    return where
+    return copy_example_repo(tmp_path / "hello-api")
 
 
 def invoke(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,10 @@ from controller.gateway import read_transcript
 from controller.runs import RunEvent, RunRecord, TaskRunner, new_run_id
 from controller.sandbox.docker import DockerBackend, DockerImages
 from controller.settings import PROJECT_ROOT, Settings
-from tests.conftest import git
+from tests.conftest import EXAMPLE_REPO, copy_example_repo, git
 
 pytestmark = pytest.mark.docker
 
-EXAMPLE_REPO = PROJECT_ROOT / "examples" / "hello-api"
 EXAMPLE_TASK = PROJECT_ROOT / "examples" / "task-greetings.json"
 EXAMPLE_SCRIPT = PROJECT_ROOT / "examples" / "greetings.script.jsonl"
 
@@ -33,15 +31,6 @@ def runner(settings: Settings) -> TaskRunner:
     return TaskRunner(
         settings, DockerBackend.from_settings(settings), DockerImages.from_settings(settings)
     )
-
-
-def example_repo(where: Path) -> Path:
-    """A git repository made from examples/hello-api, as the demo makes it."""
-    shutil.copytree(EXAMPLE_REPO, where)
-    git(where, "init", "-q", "-b", "main")
-    git(where, "add", "-A")
-    git(where, "commit", "-q", "-m", "hello-api")
-    return where
 
 
 def example_task(**changes: Any) -> Task:
@@ -86,7 +75,7 @@ def test_scripted_task_runs_end_to_end(
     tmp_path: Path, runner: TaskRunner, settings: Settings
 ) -> None:
     """The example task succeeds: checked commit on taskbox/BE-101, lists re-derived, repo otherwise untouched."""
-    repo = example_repo(tmp_path / "repo")
+    repo = copy_example_repo(tmp_path / "repo")
     head_before = git(repo, "rev-parse", "HEAD").strip()
     events: list[RunEvent] = []
     run_id, result = run_task(runner, example_task(), repo, f"scripted:{EXAMPLE_SCRIPT}", events)
@@ -139,7 +128,7 @@ def test_replay_of_a_recorded_run_gives_the_same_commit(
     tmp_path: Path, runner: TaskRunner, settings: Settings
 ) -> None:
     """Replaying a run's recording against the same base commit writes the very same commit."""
-    first = example_repo(tmp_path / "first")
+    first = copy_example_repo(tmp_path / "first")
     run_id, original = run_task(runner, example_task(), first, f"scripted:{EXAMPLE_SCRIPT}")
     assert original.status == "succeeded", original.reason
 
@@ -154,7 +143,7 @@ def test_replay_of_a_recorded_run_gives_the_same_commit(
 
 def test_a_script_that_runs_out_of_turns_fails_clearly(tmp_path: Path, runner: TaskRunner) -> None:
     """A model script shorter than the run needs ends the task as failed, saying so."""
-    repo = example_repo(tmp_path / "repo")
+    repo = copy_example_repo(tmp_path / "repo")
     script = write_script(
         tmp_path / "short.jsonl",
         [{"content": [editor("view", path="contracts/openapi.json")], "stop_reason": "tool_use"}],
@@ -234,7 +223,7 @@ def test_model_breaking_the_contract_gets_the_report_and_fixes_it(
     tmp_path: Path, runner: TaskRunner, settings: Settings
 ) -> None:
     """Constraint 6: a route missing from the contract fails the checks; the report goes back; the fix succeeds."""
-    repo = example_repo(tmp_path / "repo")
+    repo = copy_example_repo(tmp_path / "repo")
     script = write_script(
         tmp_path / "contract.jsonl",
         [
@@ -300,7 +289,7 @@ def test_a_conftest_that_skips_every_test_does_not_report_success(
     tmp_path: Path, runner: TaskRunner
 ) -> None:
     """Constraint 5: a model-written conftest.py that skips everything cannot pass the checks."""
-    repo = example_repo(tmp_path / "repo")
+    repo = copy_example_repo(tmp_path / "repo")
     task = example_task(ownsPaths=["app/api/", "app/schemas/", "app/main.py", "tests/"])
     turn = {
         "content": [
@@ -335,7 +324,7 @@ def test_a_failing_test_goes_back_to_the_model_and_the_second_round_passes(
     tmp_path: Path, runner: TaskRunner, settings: Settings
 ) -> None:
     """Round one ends with a failing test; the model sees pytest's report, fixes it, and round two passes."""
-    repo = example_repo(tmp_path / "repo")
+    repo = copy_example_repo(tmp_path / "repo")
     route = ROUTE_WRONG_PATH.replace('"/greeting"', '"/greetings"')
     wrong_test = greeting_tests("/greetings").replace("Hello, Ada!", "Hi, Ada!")
     script = write_script(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 
 from controller.runs import make_executor, make_readiness_probes
 from controller.settings import PROJECT_ROOT
-from tests.conftest import git
+from tests.conftest import copy_example_repo, git
 from tests.controller.api.conftest import ServedApi, ServedProcess, SettingsFactory
 from tests.controller.api.fake_executor import wait_for
 from tests.controller.api.test_events import read_events
@@ -25,12 +24,7 @@ EXAMPLES = PROJECT_ROOT / "examples"
 
 @pytest.fixture
 def hello_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "hello-api"
-    shutil.copytree(EXAMPLES / "hello-api", repo)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "hello-api")
-    return repo
+    return copy_example_repo(tmp_path / "hello-api")
 
 
 @pytest.fixture
