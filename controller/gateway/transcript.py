@@ -8,16 +8,15 @@ the hash, so two runs of the same conversation hash alike.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from controller.errors import GatewayError
+from controller.gateway.jsonl import read_jsonl
 from controller.gateway.wire import sha256_hex
 
 if TYPE_CHECKING:
@@ -132,24 +131,4 @@ def transcript_path(run_dir_or_file: Path) -> Path:
 
 def read_transcript(path: Path) -> list[TranscriptEntry]:
     """Every entry of a transcript file; a malformed line is refused with its line number."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise GatewayError(f"{path}: cannot read transcript: {exc.strerror}") from exc
-    entries: list[TranscriptEntry] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(TranscriptEntry.model_validate(json.loads(line)))
-        except ValueError as exc:
-            reason = _first_error(exc)
-            raise GatewayError(f"{path}:{number}: not a transcript entry: {reason}") from None
-    return entries
-
-
-def _first_error(exc: ValueError) -> str:
-    if isinstance(exc, ValidationError):
-        first = exc.errors(include_url=False)[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    return str(exc)
+    return read_jsonl(path, TranscriptEntry, file_kind="transcript", line_kind="transcript entry")

@@ -12,12 +12,12 @@ request, so the same script and conversation always give the same bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.errors import GatewayError
+from controller.gateway.jsonl import read_jsonl
 from controller.gateway.upstreams.base import MessageReply, UpstreamCall
 from controller.gateway.wire import (
     ApiError,
@@ -110,23 +110,7 @@ class ScriptTurn(_ScriptModel):
 
 def load_script(path: Path) -> list[ScriptTurn]:
     """Read and validate a script file; a malformed one is refused with the line number."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise GatewayError(f"{path}: cannot read script: {exc.strerror}") from exc
-    turns: list[ScriptTurn] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            turns.append(ScriptTurn.model_validate(json.loads(line)))
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"])
-            reason = f"{where}: {first['msg']}" if where else first["msg"]
-            raise GatewayError(f"{path}:{number}: not a script turn: {reason}") from None
-        except ValueError as exc:
-            raise GatewayError(f"{path}:{number}: not valid JSON: {exc}") from None
+    turns = read_jsonl(path, ScriptTurn, file_kind="script", line_kind="script turn")
     if not turns:
         raise GatewayError(f"{path}: the script has no turns")
     return turns
