@@ -34,7 +34,7 @@ from controller.runs import TaskRunner, new_run_id
 from controller.sandbox.docker import DockerImages
 
 if TYPE_CHECKING:
-    from controller.runs import RunEvent
+    from controller.events import RunEvent
 
 log = logging.getLogger("bench.b2")
 

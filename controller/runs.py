@@ -12,17 +12,16 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
-from taskbox_runner.progress import EVENT_PREFIX
+from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from controller.contract import Task, TaskResult, TaskStatus
 from controller.errors import IngestionError, InvalidTaskError, SandboxError, TaskboxError
+from controller.events import EventSink, RunEvent
 from controller.gateway import GatewayThread, GatewayUsage, ModelGateway, make_upstream
 from controller.gitrepo import ensure_repository, list_tree, resolve_commit
 from controller.image import image_for_repo
@@ -32,9 +31,12 @@ from controller.policy.planner import MountPlan, plan_mounts
 from controller.sandbox.backend import SandboxBackend, SandboxHandle, SandboxOutcome
 from controller.sandbox.spec import ContainerSpec, build_container_spec
 from controller.sandbox.task_sandbox import run_config_for
+from controller.sandbox_log import SandboxLog
 from controller.staging import remove_staging, stage_run
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from controller.image import ImageEngine
     from controller.policy.schema import Policy
     from controller.settings import Settings
@@ -44,23 +46,7 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 BUNDLE_FILE = "result.bundle"
 RUNNER_COMMAND = ["python", "-m", "taskbox_runner"]
-#: Stages a sandbox may report through its log; anything else it prints is only logged.
-SANDBOX_EVENT_STAGES = frozenset({"round", "checks", "model", "tool"})
-MAX_SANDBOX_EVENTS = 500
 IDENTITY = CommitIdentity(name="Taskbox", email="taskbox@localhost")
-
-
-class RunEvent(BaseModel):
-    """One step of a run, as the API's event stream and the run record show it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    stage: str
-    message: str
-    data: dict[str, JsonValue] = Field(default_factory=dict)
-
-
-EventSink = Callable[[RunEvent], None]
 
 
 class RunMeta(BaseModel):
@@ -120,42 +106,6 @@ class RunRecord:
 def new_run_id(task_key: str) -> str:
     """A fresh, unguessable run id that still says which task it is."""
     return f"{task_key}-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
-
-
-class _SandboxLog:
-    """Turns the sandbox's log into the record's log file and a few vetted events."""
-
-    def __init__(self, path: Path, emit: EventSink) -> None:
-        self._file = path.open("a", encoding="utf-8", errors="replace")
-        self._emit = emit
-        self._pending = ""
-        self._events = 0
-
-    def __call__(self, chunk: str) -> None:
-        self._file.write(chunk)
-        self._pending += chunk
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            self._line(line)
-
-    def _line(self, line: str) -> None:
-        # The sandbox is hostile: an event line is parsed strictly, capped in number,
-        # and may only carry the progress stages the runner is meant to report.
-        _, marker, payload = line.partition(EVENT_PREFIX)
-        if not marker or self._events >= MAX_SANDBOX_EVENTS or len(payload) > 4096:  # noqa: PLR2004
-            return
-        try:
-            event = RunEvent.model_validate_json(payload)
-        except ValidationError:
-            return
-        if event.stage in SANDBOX_EVENT_STAGES:
-            self._events += 1
-            self._emit(
-                RunEvent(stage=event.stage, message=event.message[:500], data={"from": "sandbox"})
-            )
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class TaskRunner:
@@ -369,7 +319,7 @@ class TaskRunner:
         policy: Policy,
     ) -> tuple[SandboxOutcome, dict[str, bytes | str]]:
         """Create, start, wait (deadline and cancel), collect, remove: the container never outlives this."""
-        log_sink = _SandboxLog(record.dir / "sandbox.log", sink)
+        log_sink = SandboxLog(record.dir / "sandbox.log", sink)
         handle: SandboxHandle | None = None
         try:
             handle = self._backend.create(spec)

@@ -41,12 +41,14 @@ from controller.errors import (
     UnknownRepositoryError,
 )
 from controller.gitrepo import ensure_repository, resolve_commit
-from controller.runs import RunEvent, new_run_id
+from controller.runs import new_run_id
 from controller.store import EventRecord, NewEvent, NewTask, TaskRecord, TaskState, TaskStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
     from pathlib import Path
+
+    from controller.events import RunEvent
 
 logger = logging.getLogger(__name__)
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
 from controller.cli.common import CliError, InfrastructureError, load_task_file
 from controller.errors import InvalidTaskError, PolicyError, RepositoryError, TaskboxError
-from controller.runs import RunEvent, TaskRunner, new_run_id
+from controller.runs import TaskRunner, new_run_id
 from controller.sandbox.docker import DockerBackend, DockerImages
 from controller.settings import get_settings
+
+if TYPE_CHECKING:
+    from controller.events import RunEvent
 
 
 @click.command()

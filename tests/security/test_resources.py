@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.runs import RunEvent, new_run_id
+from controller.events import RunEvent
+from controller.runs import new_run_id
 from controller.sandbox.docker import DockerBackend
 from tests.security.conftest import (
     CONTROLLER_ID,

@@ -30,7 +30,7 @@ from pydantic import JsonValue
 
 from controller.contract import Task, TaskResult
 from controller.errors import SandboxError
-from controller.runs import RunEvent
+from controller.events import RunEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
