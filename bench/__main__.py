@@ -45,6 +45,7 @@ log = logging.getLogger("bench")
 BENCHMARKS: dict[str, str] = {
     "b1": "bench.b1_start",
     "b2": "bench.b2_task",
+    "b3": "bench.b3_concurrency",
     "b4": "bench.b4_verify",
     "b5": "bench.b5_api",
     "b6": "bench.b6_memory",

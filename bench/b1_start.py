@@ -37,6 +37,7 @@ from bench.harness import (
 )
 from bench.specs import HardenedSpecs
 from controller.sandbox.docker import create_kwargs
+from controller.sandbox.lifecycle import run_sandbox
 from controller.sandbox.task_sandbox import run_in_task_sandbox
 from controller.settings import PROJECT_ROOT
 
@@ -141,7 +142,7 @@ def _backend_variant(
         marks = backend.marks = Marks()
         started = time.perf_counter()
         try:
-            run = backend.run(spec)
+            run = run_sandbox(backend, spec)
         finally:
             backend.marks = None
         elapsed = time.perf_counter() - started

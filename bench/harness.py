@@ -388,7 +388,9 @@ class BenchBackend(DockerBackend):
     """Taskbox's Docker backend, with the bench label added to every container and its calls timed.
 
     Only the label changes what is created; ``marks`` (when set) receives
-    ``<method>:begin`` and ``<method>:end`` for each backend call.
+    ``<method>:begin`` and ``<method>:end`` for each backend call, and the same
+    prefixed with the container's phase (``agent/``, ``judge-static/``, ...;
+    :func:`container_phase`), so the containers of one task can be told apart.
     """
 
     def __init__(
@@ -401,27 +403,36 @@ class BenchBackend(DockerBackend):
         super().__init__(client)
         self.marks = marks
         self.log_marks = dict(log_marks or {})
+        #: Added to every container's environment (a benchmark's variant, e.g. a runner switch).
+        self.extra_env: dict[str, str] = {}
 
-    def _mark(self, name: str) -> None:
+    def _mark(self, name: str, container: str | None = None) -> None:
         if self.marks is not None:
             self.marks.mark(name)
+            if container is not None:
+                self.marks.mark(f"{container_phase(container)}/{name}")
 
     def create(self, spec: ContainerSpec) -> SandboxHandle:
         """Create with ``org.taskbox.bench=1`` added to the spec's labels."""
-        labelled = spec.model_copy(update={"labels": {**spec.labels, **BENCH_LABELS}})
-        self._mark("create:begin")
+        labelled = spec.model_copy(
+            update={
+                "labels": {**spec.labels, **BENCH_LABELS},
+                "environment": {**spec.environment, **self.extra_env},
+            }
+        )
+        self._mark("create:begin", spec.name)
         try:
             return super().create(labelled)
         finally:
-            self._mark("create:end")
+            self._mark("create:end", spec.name)
 
     def start(self, handle: SandboxHandle) -> None:
         """Start, timed."""
-        self._mark("start:begin")
+        self._mark("start:begin", handle.name)
         try:
             super().start(handle)
         finally:
-            self._mark("start:end")
+            self._mark("start:end", handle.name)
 
     def wait(
         self,
@@ -436,39 +447,54 @@ class BenchBackend(DockerBackend):
         ``options`` pass through whatever else this version of the backend's ``wait`` takes.
         """
         if self.marks is not None and self.log_marks:
-            on_log = _MarkingLog(self.marks, self.log_marks, on_log)
-        self._mark("wait:begin")
+            on_log = _MarkingLog(
+                self.marks, self.log_marks, on_log, prefix=f"{container_phase(handle.name)}/"
+            )
+        self._mark("wait:begin", handle.name)
         try:
             return super().wait(handle, timeout_seconds=timeout_seconds, on_log=on_log, **options)
         finally:
-            self._mark("wait:end")
+            self._mark("wait:end", handle.name)
 
     def collect(self, handle: SandboxHandle, caps: Mapping[str, int]) -> CollectedOutput:
         """Collect, timed."""
-        self._mark("collect:begin")
+        self._mark("collect:begin", handle.name)
         try:
             return super().collect(handle, caps)
         finally:
-            self._mark("collect:end")
+            self._mark("collect:end", handle.name)
 
     def remove(self, handle: SandboxHandle) -> None:
         """Remove, timed."""
-        self._mark("remove:begin")
+        self._mark("remove:begin", handle.name)
         try:
             super().remove(handle)
         finally:
-            self._mark("remove:end")
+            self._mark("remove:end", handle.name)
+
+
+def container_phase(name: str) -> str:
+    """A task container's phase from its name: ``taskbox-<run>-judge-static`` -> ``judge-static``, else ``agent``."""
+    head, sep, tail = name.rpartition("-judge-")
+    return f"judge-{tail}" if sep and head else "agent"
 
 
 class _MarkingLog:
     """Passes log chunks on, marking the arrival of lines that contain a known substring."""
 
     def __init__(
-        self, marks: Marks, patterns: Mapping[str, str], forward: Callable[[str], None] | None
+        self,
+        marks: Marks,
+        patterns: Mapping[str, str],
+        forward: Callable[[str], None] | None,
+        *,
+        prefix: str = "",
     ) -> None:
+        """Lines are marked both as the pattern's name and as ``prefix`` + that name."""
         self._marks = marks
         self._patterns = patterns
         self._forward = forward
+        self._prefix = prefix
         self._pending = ""
 
     def __call__(self, chunk: str) -> None:
@@ -478,6 +504,8 @@ class _MarkingLog:
             for needle, name in self._patterns.items():
                 if needle in line:
                     self._marks.mark(name)
+                    if self._prefix:
+                        self._marks.mark(self._prefix + name)
         if self._forward is not None:
             self._forward(chunk)
 

@@ -29,9 +29,19 @@ GIT_ENV = {
     "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
 }
 
-#: The file the trivial task owns and its scripted model creates.
+#: The files the trivial task owns and its scripted model creates: the smallest change the judge
+#: accepts (a test that fails on the base, because the module it tests is new, and passes after).
+TRIVIAL_MODULE = "app/bench_sum.py"
+TRIVIAL_MODULE_TEXT = (
+    '"""A helper added by the benchmarks\' trivial task."""\n\n\n'
+    "def add(a: int, b: int) -> int:\n"
+    '    """The sum of a and b."""\n'
+    "    return a + b\n"
+)
 TRIVIAL_FILE = "tests/test_bench.py"
-TRIVIAL_TEST = "def test_sum() -> None:\n    assert sum([1, 2]) == 3  # noqa: S101\n"
+TRIVIAL_TEST = (
+    "from app.bench_sum import add\n\n\ndef test_add() -> None:\n    assert add(1, 2) == 3\n"
+)
 
 
 def git(repo: Path, *args: str) -> str:
@@ -107,12 +117,12 @@ def example_task(**changes: Any) -> Task:
 
 
 def trivial_task(key: str = "BENCH-1") -> Task:
-    """A task that owns one test file of hello-api and needs nothing else."""
+    """A task that owns one new module of hello-api and its test, and needs nothing else."""
     return Task.model_validate(
         {
             "taskKey": key,
-            "description": "Add one trivial test.",
-            "ownsPaths": [TRIVIAL_FILE],
+            "description": "Add an add() helper with its test.",
+            "ownsPaths": [TRIVIAL_MODULE, TRIVIAL_FILE],
             "contextJson": {
                 f"{key}-ctx": {
                     "relevant_files": [
@@ -130,19 +140,27 @@ def trivial_task(key: str = "BENCH-1") -> Task:
 
 
 def trivial_script(path: Path) -> Path:
-    """The scripted model of the trivial task: one ``create`` of the owned file, then end_turn."""
+    """The scripted model of the trivial task: ``create`` the module and its test, then end_turn."""
+    editor = "str_replace_based_edit_tool"
     turns = [
         {
             "content": [
                 {
                     "type": "tool_use",
-                    "name": "str_replace_based_edit_tool",
-                    "input": {"command": "create", "path": TRIVIAL_FILE, "file_text": TRIVIAL_TEST},
+                    "name": editor,
+                    "input": {"command": "create", "path": path, "file_text": text},
                 }
+                for path, text in (
+                    (TRIVIAL_MODULE, TRIVIAL_MODULE_TEXT),
+                    (TRIVIAL_FILE, TRIVIAL_TEST),
+                )
             ],
             "stop_reason": "tool_use",
         },
-        {"content": [{"type": "text", "text": "Added one test."}], "stop_reason": "end_turn"},
+        {
+            "content": [{"type": "text", "text": "Added add() and its test."}],
+            "stop_reason": "end_turn",
+        },
     ]
     path.write_text("".join(json.dumps(turn) + "\n" for turn in turns))
     return path

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 from bench.harness import BENCH_LABELS, CONTROLLER_ID
 from bench.projects import tiny_repo, tiny_task
+from controller.admission import admit
 from controller.sandbox.spec import build_container_spec
-from controller.sandbox.task_sandbox import plan_task, run_config_for
+from controller.sandbox.task_sandbox import run_config_for
 from controller.staging import stage_run
 
 if TYPE_CHECKING:
@@ -24,13 +25,13 @@ class HardenedSpecs:
         self.repo = tiny_repo(root / "repo")
         self.task = tiny_task()
         self.command = command
-        top, _, self.policy, self.plan = plan_task(
+        admission = admit(
             self.task,
             repo=self.repo,
-            base="HEAD",
+            base_ref="HEAD",
             policies_dir=ctx.settings.policies_dir,
-            policy_name=None,
         )
+        top, self.policy, self.plan = admission.repo, admission.policy, admission.plan
         config = run_config_for(self.task, self.plan, self.policy, "bench")
         self.staging = stage_run(
             repo=top,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AliasGenerator,
@@ -23,6 +24,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 #: Task keys become branch names (``taskbox/<key>``) and container labels, so
 #: they are restricted to characters that are safe in both.
@@ -157,6 +161,54 @@ class Task(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+# --------------------------------------------------------------------------- commit subject
+
+_SUBJECT_WIDTH = 72  # a commit subject's customary width
+_DANGLING = frozenset({"a", "an", "and", "as", "for", "in", "of", "or", "the", "to", "with"})
+_SCOPE_SKIP = frozenset({"app", "src", "backend", "lib"})
+_NO_DIRECTIVES = str.maketrans({"[": "(", "]": ")", "*": " "})
+_SUBJECT_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+
+
+def commit_subject(task_key: str, description: str, owns_paths: Iterable[str]) -> str:
+    """``feat(<scope>): <description> [<taskKey>]``, the worker brief's commit form.
+
+    Built from the task alone (the orchestrator's description and ownsPaths), never
+    from anything a sandbox wrote. The scope is the first folder of the first owned
+    path that says more than 'app' or 'src'; the description is the task's first
+    sentence, cleaned and cut at a clause or word boundary.
+    """
+    first = next(iter(owns_paths), "")
+    parts = [p for p in first.strip("/").split("/") if p]
+    folders = parts if first.endswith("/") else parts[:-1]
+    named = [p for p in folders if p.lower() not in _SCOPE_SKIP]
+    if named:
+        raw_scope = named[0]
+    elif folders:
+        raw_scope = folders[0]
+    else:
+        raw_scope = PurePosixPath(parts[-1]).stem if parts else "app"
+    scope = re.sub(r"[^a-z0-9_-]+", "-", raw_scope.lower()).strip("-")[:30] or "app"
+
+    line = next((ln for ln in description.splitlines() if ln.strip()), "")
+    line = _SUBJECT_UNSAFE.sub(" ", line).strip().lstrip("#*->").strip()
+    # CI systems read directives from a subject ("[skip ci]", "[ci skip]", "***NO_CI***"):
+    # no bracketed or starred text of the description survives, only the final key tag.
+    line = line.translate(_NO_DIRECTIVES)
+    line = " ".join(line.split())
+    line = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0].rstrip(". ")  # the first sentence
+    if len(line) > _SUBJECT_WIDTH:
+        # Cut at the last clause boundary that fits, else at a word: never mid-word.
+        head = line[:_SUBJECT_WIDTH]
+        clause = max(head.rfind(sep) for sep in (": ", "; ", ", ", " - "))
+        line = head[:clause] if clause > _SUBJECT_WIDTH // 3 else head.rsplit(" ", 1)[0]
+        words = line.rstrip(",;:- ").split(" ")
+        while len(words) > 1 and words[-1].lower() in _DANGLING:
+            words.pop()  # "... validation and" reads as cut off
+        line = " ".join(words)
+    return f"feat({scope}): {line or 'implement task'} [{task_key}]"
+
+
 # --------------------------------------------------------------------------- result
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -202,6 +254,23 @@ class ConstraintReport(_Strict):
     evidence: list[SafeText] = Field(default_factory=list, max_length=200)
 
 
+class AgentClaim(_Strict):
+    """The agent sandbox's own account of its work: a claim, recorded and shown, never trusted."""
+
+    status: TaskStatus
+    """The status its result.json claimed."""
+    summary: SafeText = ""
+    """The model's summary note, in its own words."""
+    reason: SafeText | None = None
+    """The reason its result.json gave, if any."""
+    test_results: TestResults = Field(default_factory=TestResults)
+    """The test counts it claimed."""
+    failed_constraints: list[int] = Field(default_factory=list, max_length=10)
+    """The constraints its own last verification reported as failing."""
+    exit_code: int | None = None
+    """How the agent's sandbox exited (the controller's observation, not the sandbox's)."""
+
+
 class TaskResult(_Strict):
     """What a task produced. The runner writes one; the controller re-derives and rewrites it."""
 
@@ -220,6 +289,12 @@ class TaskResult(_Strict):
     """Generate-verify rounds the loop ran (a round ends when the checks run after the
     model's turn). Reported by the runner; the controller drops it when it is more than
     the model requests its gateway saw."""
+    warnings: list[SafeText] = Field(default_factory=list, max_length=200)
+    """What a reviewer should know that the verdicts do not say by themselves (the judge's
+    verifier warnings: a model-written conftest.py, a config file it changed, skipped tests)."""
+    agent: AgentClaim | None = None
+    """What the agent's own sandbox claimed, kept beside the verdict and never used for it:
+    the status, test counts and checks above come from the judge's sandbox."""
 
     @field_validator("constraints")
     @classmethod
@@ -259,14 +334,14 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def parse_untrusted_result(raw: bytes, *, max_bytes: int = 1_000_000) -> TaskResult:
-    """Parse ``result.json`` bytes from a sandbox: size, depth, NaN and duplicate keys refused."""
+def parse_untrusted_json(raw: bytes, *, max_bytes: int, name: str = "result.json") -> Any:
+    """Parse JSON bytes from a sandbox: size, UTF-8, depth, NaN and duplicate keys refused."""
     if len(raw) > max_bytes:
-        raise ValueError(f"result.json is {len(raw)} bytes, over the {max_bytes}-byte cap")
+        raise ValueError(f"{name} is {len(raw)} bytes, over the {max_bytes}-byte cap")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError("result.json is not UTF-8") from exc
+        raise ValueError(f"{name} is not UTF-8") from exc
     try:
         data = json.loads(
             text,
@@ -274,12 +349,17 @@ def parse_untrusted_result(raw: bytes, *, max_bytes: int = 1_000_000) -> TaskRes
             object_pairs_hook=_reject_duplicate_keys,
         )
     except RecursionError as exc:
-        raise ValueError("result.json is nested too deeply") from exc
+        raise ValueError(f"{name} is nested too deeply") from exc
     except json.JSONDecodeError as exc:
-        raise ValueError(f"result.json is not valid JSON: {exc.msg}") from exc
+        raise ValueError(f"{name} is not valid JSON: {exc.msg}") from exc
     if _depth(data, MAX_RESULT_DEPTH) > MAX_RESULT_DEPTH:
-        raise ValueError(f"result.json is nested deeper than {MAX_RESULT_DEPTH} levels")
-    return TaskResult.model_validate(data)
+        raise ValueError(f"{name} is nested deeper than {MAX_RESULT_DEPTH} levels")
+    return data
+
+
+def parse_untrusted_result(raw: bytes, *, max_bytes: int = 1_000_000) -> TaskResult:
+    """Parse ``result.json`` bytes from a sandbox: size, depth, NaN and duplicate keys refused."""
+    return TaskResult.model_validate(parse_untrusted_json(raw, max_bytes=max_bytes))
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

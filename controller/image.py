@@ -811,7 +811,7 @@ def image_for_repo(
     repo: Path,
     base_commit: str,
     *,
-    engine: ImageEngine | None = None,
+    engine: ImageEngine,
     sandbox_image: str = SANDBOX_IMAGE,
 ) -> str | None:
     """The dependency image built for ``repo``'s declarations at ``base_commit``, if it exists.
@@ -822,11 +822,6 @@ def image_for_repo(
     deps = repo_dependencies(repo, base_commit)
     if not deps.requirements:
         return None
-    if engine is None:
-        from controller.sandbox.docker import DockerImages  # noqa: PLC0415 - engine only when needed
-        from controller.settings import get_settings  # noqa: PLC0415
-
-        engine = DockerImages.from_settings(get_settings())
     sandbox_id = engine.image_id(sandbox_image)
     if sandbox_id is None:
         return None

@@ -1,4 +1,4 @@
-"""Trusted ingestion: check a sandbox's ``result.json`` and git bundle, then write the commit on ``taskbox/<key>``.
+"""Trusted ingestion: check a sandbox's ``result.json`` and git bundle, have the judge decide, land the commit on ``taskbox/<key>``.
 
 Everything that arrives is hostile until checked. The bundle is only ever fetched into a bare
 repository this module creates; the final commit is written with plumbing on the real base commit.
@@ -13,8 +13,8 @@ import re
 import shutil
 import subprocess
 import tempfile
-import unicodedata
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from controller.contract import TASK_KEY_PATTERN, TaskResult, TaskStatus, parse_untrusted_result
+from controller.contract import TASK_KEY_PATTERN, AgentClaim, TaskResult, parse_untrusted_result
 from controller.errors import IngestionError, RepositoryError
 from controller.gitrepo import (
     GIT_TIMEOUT_SECONDS,
@@ -35,7 +35,10 @@ from controller.gitrepo import (
     TreeEntry,
     list_tree,
 )
+from controller.packcheck import BundleCaps, PackProblem, PackRefusedError, check_pack
+from controller.pathnames import component_key, fold, unportable_reason
 from controller.policy.planner import MAX_COMPONENT_BYTES, MAX_PATH_BYTES, MountPlanner
+from controller.verdict import Verdict
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -76,6 +79,8 @@ _INGEST_REPO_CONFIG: tuple[tuple[str, str], ...] = (
     ("fsck.badFilemode", "error"),
     ("gc.auto", "0"),
     ("maintenance.auto", "false"),
+    # One thread: git runs under an address-space limit, and each thread's stack counts.
+    ("pack.threads", "1"),
 )
 
 #: ``-c`` settings on every command in the target repository: its own hooks, signing
@@ -128,7 +133,6 @@ class IngestRefusal(StrEnum):
     HIDDEN_PATH = "hidden_path"
     CASE_COLLISION = "case_collision"
     FILE_TOO_LARGE = "file_too_large"
-    COMMIT_MESSAGE = "commit_message"
     BRANCH_EXISTS = "branch_exists"
     TARGET = "target_repository"
     TIMEOUT = "timeout"
@@ -177,6 +181,9 @@ class IngestedResult(BaseModel):
     """Paths the sandbox removed (the seed's result has no field for them)."""
     sandbox_commit: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")] | None = None
     """The runner's work commit inside the bundle, for the run record; never written to the target."""
+    candidate_commit: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")] | None = None
+    """The commit the judge verified (on the target's objects); it is ``result.git_commit``
+    only when it landed."""
 
 
 # --------------------------------------------------------------------------- git runners
@@ -188,10 +195,18 @@ def _run_git(
     *,
     env: Mapping[str, str],
     input_bytes: bytes | None,
+    memory_limit: int | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
+    command = ["git", *prefix, *args]
+    if memory_limit is not None:
+        # A hard RLIMIT_AS, set by the shell right before it execs git: the kernel refuses
+        # git's allocations past it. No preexec_fn (unsafe in a threaded controller); the
+        # script is a constant and every argument is passed to it as data.
+        limit_kib = str(memory_limit // 1024)
+        command = ["/bin/sh", "-c", 'ulimit -v "$0" && exec "$@"', limit_kib, *command]
     try:
         return subprocess.run(
-            ["git", *prefix, *args],
+            command,
             input=input_bytes,
             capture_output=True,
             env=dict(env),
@@ -215,15 +230,17 @@ def _git_message(stderr: bytes) -> str:
 class _IngestRepo:
     """The bare repository made for one bundle: the only place the sandbox's objects ever land."""
 
-    def __init__(self, git_dir: Path) -> None:
+    def __init__(self, git_dir: Path, memory_limit: int) -> None:
         self.git_dir = git_dir
+        self.memory_limit = memory_limit
         # GIT_DIR pins the repository: git never searches upwards from here.
         self._env = {**SAFE_GIT_ENV, "GIT_DIR": str(git_dir), "GIT_NO_REPLACE_OBJECTS": "1"}
 
     @classmethod
-    def create(cls, git_dir: Path) -> _IngestRepo:
+    def create(cls, git_dir: Path, policy: Policy) -> _IngestRepo:
+        """A fresh bare repository whose git runs under the address-space limit for ``policy``."""
         git_dir.mkdir(mode=0o700)
-        repo = cls(git_dir)
+        repo = cls(git_dir, BundleCaps.of(policy).git_memory_limit())
         # An empty --template: no sample hooks, nothing copied from the host's templates.
         repo.git("init", "--quiet", "--bare", "--template=", "--object-format=sha1")
         # The config file is ours (just made); one append replaces a git process per key.
@@ -241,7 +258,13 @@ class _IngestRepo:
         self, *args: str, input_bytes: bytes | None = None, index: Path | None = None
     ) -> subprocess.CompletedProcess[bytes]:
         env = self._env if index is None else {**self._env, "GIT_INDEX_FILE": str(index)}
-        return _run_git(["-C", str(self.git_dir)], args, env=env, input_bytes=input_bytes)
+        return _run_git(
+            ["-C", str(self.git_dir)],
+            args,
+            env=env,
+            input_bytes=input_bytes,
+            memory_limit=self.memory_limit,
+        )
 
     def git(
         self,
@@ -354,8 +377,13 @@ def _check_staged_against_base(plan: MountPlan, real_base: Mapping[str, TreeEntr
 # --------------------------------------------------------------------------- bundle
 
 
-def _bundle_tip(data: bytes) -> str:
-    """Parse the bundle header strictly; return the commit id of BUNDLE_REF."""
+def _bundle_tip(data: bytes, policy: Policy) -> str:
+    """Parse the bundle header strictly and walk its pack; return the commit id of BUNDLE_REF.
+
+    Every object's size is read from the pack before git sees a byte of it: an object
+    or a delta result over ``policy``'s file limit, an absurd object count or total, or a
+    pack that is not exactly git's format is refused here.
+    """
     signature = next((s for s in _BUNDLE_SIGNATURES if data.startswith(s)), None)
     if signature is None:
         raise _refuse(IngestRefusal.BUNDLE_INVALID, "not a git bundle (no v2 or v3 signature)")
@@ -396,7 +424,29 @@ def _bundle_tip(data: bytes) -> str:
             IngestRefusal.BUNDLE_REFS,
             f"the bundle must carry exactly one ref, {BUNDLE_REF}; it carries {carried}",
         )
+    _check_pack_sizes(memoryview(data)[end + 2 :], policy)
     return refs[0][0].decode()
+
+
+#: How a pack refusal reads as an ingestion refusal.
+_PACK_REFUSALS = {
+    PackProblem.OBJECT_TOO_LARGE: IngestRefusal.FILE_TOO_LARGE,
+    PackProblem.TOO_MANY_OBJECTS: IngestRefusal.BUNDLE_TOO_LARGE,
+    PackProblem.TOO_MUCH_DATA: IngestRefusal.BUNDLE_TOO_LARGE,
+    PackProblem.MALFORMED: IngestRefusal.BUNDLE_INVALID,
+}
+
+
+def _check_pack_sizes(pack: memoryview, policy: Policy) -> None:
+    """Walk the bundle's pack (controller.packcheck): nothing over the caps reaches git."""
+    caps = BundleCaps.of(policy)
+    try:
+        check_pack(pack, caps.pack_limits())
+    except PackRefusedError as exc:
+        reason = _PACK_REFUSALS[exc.problem]
+        limit = f" (the policy's file limit, {caps.max_object_bytes // MIB} MiB)"
+        detail = f"{exc}{limit}" if reason is IngestRefusal.FILE_TOO_LARGE else str(exc)
+        raise _refuse(reason, detail) from exc
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -548,12 +598,12 @@ def _folders(paths: Iterable[str]) -> set[str]:
 
 def _fold(name: str) -> str:
     """A name as a case-insensitive, normalising filesystem (Windows, macOS) compares it."""
-    return unicodedata.normalize("NFC", name).casefold()
+    return fold(name)
 
 
 def _component_key(component: str) -> str:
-    """How a case-insensitive, normalising filesystem (Windows, macOS) sees a name."""
-    return _fold(component).rstrip(". ")
+    """How Windows or macOS sees a name (``controller.pathnames``, shared with the planner)."""
+    return component_key(component)
 
 
 def _decoded_path(raw: bytes) -> str:
@@ -612,8 +662,26 @@ class _ChangeRules:
             )
         changes = [self._checked(raw) for raw in raw_changes]
         final = self._final_tree(changes)
+        self._check_portable(changes)
         self._check_case(changes, final)
         return changes, final
+
+    def _check_portable(self, changes: Sequence[_Change]) -> None:
+        """A name the sandbox adds must check out as itself on Windows and macOS too.
+
+        One rule set with the planner (``controller.pathnames``). Names already at the base
+        are the repository's own, as in :meth:`_check_case`: a task may still change them.
+        """
+        existing = self._real_base.keys() | _folders(self._real_base)
+        for change in changes:
+            if change.status != "A":
+                continue
+            for name in [*_ancestors(change.path), change.path]:
+                if name in existing:
+                    continue
+                reason = unportable_reason(name.rsplit("/", 1)[-1])
+                if reason is not None:
+                    raise _refuse(IngestRefusal.INVALID_PATH, f"{_shown(change.path)}: {reason}")
 
     def _checked(self, raw: _RawChange) -> _Change:
         path = _decoded_path(raw.raw_path)
@@ -622,9 +690,9 @@ class _ChangeRules:
                 IngestRefusal.OUTSIDE_OWNED,
                 f"{_shown(path)} is not under ownsPaths ({self._owned_text})",
             )
-        # Rules match case-sensitively, but a checkout on macOS or Windows does not:
-        # 'SECRETS/x' or 'KEY.PEM' must be denied like their lower-case forms.
-        rule = self._deny.denied_by(path) or self._deny.denied_by(_fold(path))
+        # The planner's matcher also matches the form a Windows or macOS checkout gives
+        # the path: 'SECRETS/x', 'SECRETS./x' and 'KEY.PEM ' are denied like 'secrets/x'.
+        rule = self._deny.denied_by(path)
         if rule is not None:
             raise _refuse(
                 IngestRefusal.DENIED,
@@ -768,39 +836,6 @@ def _check_link_target(path: str, raw_target: bytes) -> None:
         )
 
 
-def _subject_pattern(task_key: str) -> re.Pattern[str]:
-    text = f"[^{_UNSAFE_TEXT_CHARS}]"
-    edge = f"[^\\s{_UNSAFE_TEXT_CHARS}]"
-    return re.compile(
-        rf"{COMMIT_TYPE}\((?P<scope>[A-Za-z0-9][A-Za-z0-9_./-]{{0,49}})\): "
-        rf"(?P<description>{edge}(?:{text}{{0,{MAX_SUBJECT_DESCRIPTION - 2}}}{edge})?) "
-        rf"\[{re.escape(task_key)}\]"
-    )
-
-
-def _checked_subject(raw_commit: bytes, task_key: str) -> str:
-    """The work commit's subject line, if it has the seed's form; its body is dropped."""
-    header, _, message = raw_commit.partition(b"\n\n")
-    for line in header.split(b"\n"):
-        if line.startswith(b"encoding ") and line[9:].strip().lower() not in (b"utf-8", b"utf8"):
-            raise _refuse(
-                IngestRefusal.COMMIT_MESSAGE,
-                f"the work commit declares encoding {_shown(line[9:])}",
-            )
-    try:
-        text = message.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _refuse(IngestRefusal.COMMIT_MESSAGE, "the commit message is not UTF-8") from exc
-    subject = text.split("\n", 1)[0]
-    if _subject_pattern(task_key).fullmatch(subject) is None:
-        raise _refuse(
-            IngestRefusal.COMMIT_MESSAGE,
-            f"subject {_shown(subject)} is not of the form "
-            f"'{COMMIT_TYPE}(<scope>): <description> [{task_key}]'",
-        )
-    return subject
-
-
 # --------------------------------------------------------------------------- the checked bundle
 
 
@@ -812,7 +847,6 @@ class _CheckedWork:
     sandbox_commit: str | None
     changes: list[_Change]
     final_tree: dict[str, TreeEntry]
-    subject: str | None
 
 
 def _check_bundle(
@@ -821,7 +855,6 @@ def _check_bundle(
     *,
     plan: MountPlan,
     policy: Policy,
-    task_key: str,
     real_base: Mapping[str, TreeEntry],
 ) -> _CheckedWork:
     cap = policy.ingestion.max_bundle_bytes
@@ -830,20 +863,21 @@ def _check_bundle(
             IngestRefusal.BUNDLE_TOO_LARGE,
             f"the bundle is {len(bundle_bytes)} bytes, over the {cap}-byte cap",
         )
-    tip = _bundle_tip(bundle_bytes)
+    tip = _bundle_tip(bundle_bytes, policy)
     bundle = folder / "result.bundle"
     _write_private(bundle, bundle_bytes)
-    ingest = _IngestRepo.create(folder / "ingest.git")
+    ingest = _IngestRepo.create(folder / "ingest.git", policy)
     _fetch_bundle(ingest, bundle, tip)
     base, work = _history(ingest, tip)
     _check_base_tree(ingest, plan, base, folder / "planned.index")
     if work is None:
-        return _CheckedWork(ingest, None, [], dict(real_base), None)
-    subject = _checked_subject(ingest.git("cat-file", "commit", work), task_key)
+        return _CheckedWork(ingest, None, [], dict(real_base))
+    # The work commit's message is the sandbox's text: it is never read. The subject of
+    # the commit that lands is built on the host from the task (contract.commit_subject).
     diff = ingest.git("diff-tree", "-r", "-z", "--no-renames", "--no-abbrev", base, work)
     changes, final = _ChangeRules(plan, policy, real_base).check(_parse_raw_diff(diff))
     _check_blobs(ingest, changes, policy)
-    return _CheckedWork(ingest, work, changes, final, subject)
+    return _CheckedWork(ingest, work, changes, final)
 
 
 # --------------------------------------------------------------------------- writing the commit
@@ -875,12 +909,15 @@ def _write_commit(
     work: _CheckedWork,
     *,
     base_commit: str,
+    subject: str,
     identity: CommitIdentity,
     git_date: str,
 ) -> str:
-    """Copy the new blobs, build the tree on the real base with a temporary index, commit."""
-    if work.subject is None:
-        raise RepositoryError("a change set without a work commit cannot be committed")
+    """Copy the new blobs, build the tree on the real base with a temporary index, commit.
+
+    The commit is written into the target's object database only: no ref names it
+    until :func:`_set_branch`, so a candidate the judge fails is on no branch.
+    """
     blobs = sorted({c.new_oid for c in work.changes if c.adds_content})
     if blobs:
         # Only the changed blobs travel, and the target re-hashes and checks each one.
@@ -909,7 +946,6 @@ def _write_commit(
         "GIT_COMMITTER_EMAIL": identity.email,
         "GIT_COMMITTER_DATE": git_date,
     }
-    message = f"{work.subject}\n".encode()
     out = target.git(
         "commit-tree",
         tree,
@@ -918,10 +954,17 @@ def _write_commit(
         "--no-gpg-sign",
         "-F",
         "-",
-        input_bytes=message,
+        input_bytes=f"{_checked_host_subject(subject)}\n".encode(),
         extra_env=identity_env,
     )
     return out.decode().strip()
+
+
+def _checked_host_subject(subject: str) -> str:
+    """The subject the controller built: one line, no control character (a caller's bug otherwise)."""
+    if not subject or "\n" in subject or re.search(f"[{_UNSAFE_TEXT_CHARS}]", subject):
+        raise ValueError(f"commit subject {subject!r} is not one clean line")
+    return subject
 
 
 def _set_branch(target: _TargetRepo, task_key: str, commit: str) -> str:
@@ -945,27 +988,77 @@ def _set_branch(target: _TargetRepo, task_key: str, commit: str) -> str:
     return branch
 
 
-# --------------------------------------------------------------------------- status and report
+# --------------------------------------------------------------------------- the candidate
 
 
-def _settled_status(runner: TaskResult, work: _CheckedWork | None) -> tuple[TaskStatus, str | None]:
-    """Keep the runner's status only when what the controller checked agrees with it."""
-    if runner.status != "succeeded":
-        return (
-            runner.status,
-            runner.reason or f"the runner reported {runner.status!r} without a reason",
-        )
-    problems = []
-    if work is None or not work.changes:
-        problems.append("it committed no change")
-    failed = [str(c.id) for c in runner.constraints if not c.passed]
-    if failed:
-        problems.append(f"constraint(s) {', '.join(failed)} did not pass")
-    if runner.test_results.failed:
-        problems.append(f"{runner.test_results.failed} test(s) failed")
-    if problems:
-        return "failed", "the runner reported success, but " + "; ".join(problems)
-    return "succeeded", None
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A change set that passed every check, committed in the target's objects on no branch.
+
+    This is what the judge stages and verifies: the commit that lands if it passes.
+    """
+
+    repo: Path
+    base_commit: str
+    commit: str
+    """The candidate commit (subject built on the host), in the target repository's objects."""
+    changes: tuple[ChangedPath, ...]
+    agent: TaskResult
+    """The agent's result.json, parsed: a claim, used for nothing but the record and its note."""
+
+    @property
+    def test_files(self) -> list[str]:
+        """Python test modules the change adds or modifies (what fail-to-pass runs on the base)."""
+        return [c.path for c in self.changes if c.status != "D" and _is_test_module(c.path)]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedPath:
+    """One path the candidate changes: ``A`` added, ``M``/``T`` modified, ``D`` deleted."""
+
+    path: str
+    status: str
+    oid: str | None
+    """The new blob id (None for a deletion)."""
+    executable: bool
+
+
+def _is_test_module(path: str) -> bool:
+    name = posixpath.basename(path)
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+
+
+#: Decides a candidate: the judge in a real run (controller/judge.py), a stand-in in unit tests.
+Judge = Callable[[Candidate], Verdict]
+#: Called with the branch, the commit and the final result right before the branch is written,
+#: so a crash between the ref update and the record can be recognised by recovery.
+LandingHook = Callable[[str, str, TaskResult], None]
+
+
+def _agent_claim(agent: TaskResult, exit_code: int | None) -> AgentClaim:
+    return AgentClaim(
+        status=agent.status,
+        summary=agent.summary,
+        reason=agent.reason,
+        test_results=agent.test_results,
+        failed_constraints=[c.id for c in agent.constraints if not c.passed],
+        exit_code=exit_code,
+    )
+
+
+def _summary(verdict: Verdict) -> str:
+    """One line of the controller's own, from the judge's verdict."""
+    tests = verdict.test_results
+    coverage = (
+        "coverage not measured"
+        if tests.coverage_percent is None
+        else f"coverage {tests.coverage_percent:.1f}%"
+    )
+    passed = sum(c.passed for c in verdict.constraints)
+    return (
+        f"judge: {passed}/{len(verdict.constraints)} checks passed; tests {tests.passed} passed, "
+        f"{tests.failed} failed, {tests.skipped} skipped of {tests.total}; {coverage}"
+    )
 
 
 def _fresh_folder(workspace: Path) -> Path:
@@ -980,90 +1073,123 @@ def ingest(
     plan: MountPlan,
     policy: Policy,
     task_key: str,
+    subject: str,
     result_bytes: bytes,
     bundle_bytes: bytes | None,
     workspace: Path,
     identity: CommitIdentity,
     commit_date: datetime,
+    judge: Judge,
+    agent_exit_code: int | None = 0,
+    on_landing: LandingHook | None = None,
 ) -> IngestedResult:
-    """Check a sandbox's output and, if the task succeeded, commit it on ``taskbox/<task_key>``.
+    """Check a sandbox's output, have ``judge`` decide the candidate, and land it if it passed.
 
     ``result_bytes`` and ``bundle_bytes`` are the files' bytes as the backend read them
     (``bundle_bytes`` None when the runner wrote no bundle). ``workspace`` is a folder the
-    controller owns; a fresh subfolder is made in it and removed afterwards. ``commit_date``
-    must be time-zone aware; passing the run's recorded date makes a replay give the same
-    commit id. Raises IngestionError (message ``<reason>: <detail>``, reasons in
-    IngestRefusal) for anything refused, and leaves the target repository's refs untouched
-    then; RepositoryError if ``repo`` or the plan's base commit is unusable; ValueError for
-    a naive ``commit_date``.
+    controller owns; a fresh subfolder is made in it and removed afterwards. ``subject`` is
+    the commit subject the controller built from the task; nothing the sandbox wrote goes
+    into the commit's message. ``commit_date`` must be time-zone aware; passing the run's
+    recorded date makes a replay give the same commit id. The status, test results and
+    constraints of the result are the judge's verdict; the agent's result is kept in
+    ``result.agent`` as its claim. Raises IngestionError (message ``<reason>: <detail>``,
+    reasons in IngestRefusal) for anything refused, and leaves the target repository's refs
+    untouched then; RepositoryError if ``repo`` or the plan's base commit is unusable;
+    ValueError for a naive ``commit_date`` or a subject that is not one clean line.
     """
     git_date = _git_date(commit_date)  # a naive date is a caller's bug: fail before any work
-    runner = _parse_result(result_bytes, policy=policy, task_key=task_key)
+    _checked_host_subject(subject)
+    agent = _parse_result(result_bytes, policy=policy, task_key=task_key)
     _check_plan(plan, policy, task_key)
     target = _TargetRepo(repo)
     target.require_sha1()
     real_base = list_tree(repo, plan.base_commit)
     _check_staged_against_base(plan, real_base)
 
-    work: _CheckedWork | None = None
-    commit: str | None = None
+    changes: list[_Change] = []
+    sandbox_commit: str | None = None
+    candidate_commit: str | None = None
+    # With no change there is nothing to judge; the agent's own account says why, as its claim.
+    said = f"{agent.status}" + (f": {agent.reason}" if agent.reason else "")
+    verdict = Verdict(
+        status="failed",
+        reason="the sandbox committed no change"
+        + ("" if agent.status == "succeeded" else f"; reported by the sandbox: {said[:300]}"),
+    )
     branch: str | None = None
-    if bundle_bytes is None:
-        status, reason = _settled_status(runner, None)
-    else:
+    if bundle_bytes is not None:
         folder = _fresh_folder(workspace)
         try:
             work = _check_bundle(
-                folder,
-                bundle_bytes,
-                plan=plan,
-                policy=policy,
-                task_key=task_key,
-                real_base=real_base,
+                folder, bundle_bytes, plan=plan, policy=policy, real_base=real_base
             )
-            status, reason = _settled_status(runner, work)
-            # Only a succeeded task gets a branch; failed work stays in the run record's bundle.
-            if status == "succeeded":
-                commit = _write_commit(
+            changes, sandbox_commit = work.changes, work.sandbox_commit
+            if changes:
+                candidate_commit = _write_commit(
                     target,
                     folder,
                     work,
                     base_commit=plan.base_commit,
+                    subject=subject,
                     identity=identity,
                     git_date=git_date,
                 )
-                branch = _set_branch(target, task_key, commit)
+                verdict = judge(
+                    Candidate(
+                        repo=repo,
+                        base_commit=plan.base_commit,
+                        commit=candidate_commit,
+                        changes=tuple(
+                            ChangedPath(
+                                c.path,
+                                c.status,
+                                c.new_oid if c.adds_content else None,
+                                c.new_mode == MODE_EXECUTABLE,
+                            )
+                            for c in changes
+                        ),
+                        agent=agent,
+                    )
+                )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    changes = work.changes if work is not None else []
-    result = TaskResult.model_validate(
-        {
-            **runner.model_dump(),
-            "status": status,
-            "reason": reason,
-            "files_created": [c.path for c in changes if c.status == "A"],
-            "files_modified": [c.path for c in changes if c.status in ("M", "T")],
-            "git_commit": commit,
-            # The plan's refusals are the controller's own facts: reported whatever the runner says.
-            "missing_context": list(
-                dict.fromkeys([*plan.missing_context, *runner.missing_context])
-            )[:2000],
-        }
+    succeeded = verdict.status == "succeeded" and candidate_commit is not None
+    result = TaskResult(
+        task_key=task_key,
+        status="succeeded" if succeeded else "failed",
+        reason=None if succeeded else (verdict.reason or "the judge did not pass the change"),
+        files_created=[c.path for c in changes if c.status == "A"],
+        files_modified=[c.path for c in changes if c.status in ("M", "T")],
+        # Only a landed commit is reported: a failed candidate stays on no branch.
+        git_commit=candidate_commit if succeeded else None,
+        summary=_summary(verdict) if verdict.constraints else "",
+        test_results=verdict.test_results,
+        # The plan's refusals are the controller's own facts: reported whatever the agent says.
+        missing_context=list(dict.fromkeys([*plan.missing_context, *agent.missing_context]))[:2000],
+        constraints=verdict.constraints,
+        rounds=agent.rounds,
+        warnings=verdict.warnings,
+        agent=_agent_claim(agent, agent_exit_code),
     )
+    if succeeded and candidate_commit is not None:
+        if on_landing is not None:
+            on_landing(BRANCH_PREFIX + task_key, candidate_commit, result)
+        branch = _set_branch(target, task_key, candidate_commit)
     log.info(
         "ingested %s: %s, %d created, %d modified, %d deleted, commit %s",
         task_key,
-        status,
+        result.status,
         len(result.files_created),
         len(result.files_modified),
         sum(1 for c in changes if c.status == "D"),
-        commit or "none",
+        result.git_commit or "none",
     )
     return IngestedResult(
         result=result,
         branch=branch,
         base_commit=plan.base_commit,
         files_deleted=[c.path for c in changes if c.status == "D"],
-        sandbox_commit=work.sandbox_commit if work is not None else None,
+        sandbox_commit=sandbox_commit,
+        candidate_commit=candidate_commit,
     )

@@ -3,7 +3,9 @@
 Three sources: ``docker info``/``docker version`` (engine and runc versions, seccomp,
 user namespaces, LSMs, cgroup controllers), the container settings every sandbox
 gets (no engine socket among the mounts), and one tiny sandbox built exactly as a
-run's, which reports from inside what the kernel really enforced. Each check is a
+run's, which reports from inside what the kernel really enforced. Before those, the
+backend's own declaration: a backend that cannot enforce every mandatory container
+setting is refused (and no probe sandbox is started on it). Each check is a
 :class:`Check` with a level; ``refuse`` means the controller must not run tasks.
 
 runc builds of distributions (``1.1.5+ds1-1+deb12u1``) keep an old upstream number
@@ -31,9 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from controller.errors import TaskboxError
+from controller.errors import SandboxError, TaskboxError
 from controller.policy.loader import load_policy
 from controller.policy.planner import MountPlan
+from controller.sandbox.backend import MANDATORY_SETTINGS
+from controller.sandbox.engines import open_engine
+from controller.sandbox.lifecycle import run_sandbox
 from controller.sandbox.spec import ContainerSpec, StagingPaths, build_container_spec
 
 if TYPE_CHECKING:
@@ -41,7 +46,7 @@ if TYPE_CHECKING:
 
     from controller.policy.schema import Policy
     from controller.sandbox.backend import SandboxBackend
-    from controller.sandbox.docker import DockerBackend
+    from controller.sandbox.engines import Engine
     from controller.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -438,6 +443,41 @@ def engine_checks(
 # --------------------------------------------------------------------------- the sandbox's settings
 
 
+def check_backend_settings(backend: object) -> Check:
+    """The backend must declare every mandatory container setting, or its sandboxes are weaker than the policy says.
+
+    A backend that cannot enforce one (no pids limit, a network it cannot take away)
+    is refused here rather than run a sandbox that silently lacks it.
+    """
+    name = type(backend).__name__
+    declared = getattr(backend, "enforces", None)
+    if not isinstance(declared, frozenset | set):
+        return Check(
+            name="backend.settings",
+            level=Level.REFUSE,
+            summary=f"the sandbox backend {name} does not declare which container settings it enforces",
+            remedy="a backend lists the ContainerSpec settings it applies in `enforces` (see controller/sandbox/backend.py)",
+        )
+    missing = sorted(MANDATORY_SETTINGS - frozenset(declared))
+    if missing:
+        return Check(
+            name="backend.settings",
+            level=Level.REFUSE,
+            summary=f"the sandbox backend {name} cannot enforce: {', '.join(missing)}",
+            detail=(
+                "Every sandbox must get these settings (uid, mounts, no network, no capabilities, "
+                "no-new-privileges, limits, deadline, labels); a backend without one would run a "
+                "weaker sandbox than the policy says."
+            ),
+            remedy="use a backend that enforces every mandatory setting (TASKBOX_SANDBOX_BACKEND=docker)",
+        )
+    return Check(
+        name="backend.settings",
+        level=Level.OK,
+        summary=f"the sandbox backend {name} enforces all {len(MANDATORY_SETTINGS)} mandatory settings",
+    )
+
+
 def engine_socket_path(docker_host: str | None) -> Path | None:
     """The engine's Unix socket on this host, if it is reached through one."""
     address = docker_host or os.environ.get("DOCKER_HOST") or f"unix://{DEFAULT_ENGINE_SOCKET}"
@@ -673,13 +713,13 @@ def run_sandbox_probe(
     staging = StagingPaths.under(root / "stage")
     outcome = _ProbeOutcome()
     try:
-        for folder in (staging.work, staging.out, staging.taskbox, staging.gateway):
+        for folder in (staging.work, staging.out, staging.taskbox, staging.gateway_socket().parent):
             folder.mkdir(parents=True, mode=0o755)
         spec = probe_spec(policy, staging, run_id).model_copy(
             update={"wall_clock_seconds": PROBE_TIMEOUT_SECONDS}
         )
         outcome.checks.append(check_spec_mounts(spec, socket_path))
-        run = backend.run(spec)
+        run = run_sandbox(backend, spec)
         lines = [ln for ln in run.outcome.log_tail.splitlines() if ln.startswith("{")]
         if run.outcome.exit_code == 0 and lines:
             outcome.report = json.loads(lines[-1])
@@ -766,34 +806,36 @@ def run_preflight(
     """
     info: Mapping[str, Any] = engine_info or {}
     version = engine_version
-    owned: DockerBackend | None = None
+    owned: Engine | None = None
     if engine_info is None or (probe and backend is None):
-        from controller.sandbox.docker import DockerBackend  # noqa: PLC0415 - the engine only when asked
-
         try:
-            owned = DockerBackend.from_settings(settings)
-            backend = backend or owned
+            owned = open_engine(settings)
+            backend = backend or owned.backend
             if engine_info is None:
-                info = owned.client.info()
-                version = owned.client.version()
-        except Exception as exc:  # noqa: BLE001 - whatever the engine fails with, it is a refusal to report
+                info, version = owned.facts()
+        except SandboxError as exc:
             if owned is not None:
-                owned.client.close()
+                owned.close()
             return PreflightReport(
                 checks=[
                     Check(
                         name="engine.reachable",
                         level=Level.REFUSE,
-                        summary=f"cannot reach the Docker engine: {exc}",
+                        summary=f"cannot reach the sandbox engine: {exc}",
                         remedy="start dockerd (or set TASKBOX_DOCKER_HOST) and try again",
                     )
                 ]
             )
+    # A backend that cannot enforce a mandatory setting is refused before any sandbox starts.
+    backend_checks = [check_backend_settings(backend)] if backend is not None else []
+    may_probe = probe and not any(c.level is Level.REFUSE for c in backend_checks)
     try:
-        checks = _host_checks(settings, info, version, backend if probe else None, policy_name)
+        checks = backend_checks + _host_checks(
+            settings, info, version, backend if may_probe else None, policy_name
+        )
     finally:
         if owned is not None:
-            owned.client.close()
+            owned.close()
     report = PreflightReport(
         checks=checks,
         engine_version=str(info.get("ServerVersion") or "") or None,

@@ -19,25 +19,27 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
-from controller.contract import Task, TaskResult, TaskStatus
-from controller.errors import IngestionError, InvalidTaskError, SandboxError, TaskboxError
+from controller.admission import Admission, admit
+from controller.contract import Task, TaskResult, TaskStatus, commit_subject
+from controller.errors import IngestionError, SandboxError, TaskboxError
 from controller.events import EventSink, RunEvent
 from controller.gateway import GatewayThread, GatewayUsage, ModelGateway, make_upstream
-from controller.gitrepo import ensure_repository, list_tree, resolve_commit
-from controller.image import image_for_repo
-from controller.ingest import CommitIdentity, ingest
-from controller.policy.loader import effective_policy, policy_for_worker
-from controller.policy.planner import MountPlan, plan_mounts
+from controller.ingest import Candidate, CommitIdentity, ingest
+from controller.judge import CandidateJudge, JudgeRecord
 from controller.sandbox.backend import SandboxBackend, SandboxHandle, SandboxOutcome
+from controller.sandbox.engines import open_engine
+from controller.sandbox.lifecycle import run_sandbox
 from controller.sandbox.spec import ContainerSpec, build_container_spec
 from controller.sandbox.task_sandbox import run_config_for
 from controller.sandbox_log import SandboxLog
 from controller.staging import remove_staging, stage_run
+from controller.verdict import Verdict, settle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from controller.image import ImageEngine
+    from controller.policy.planner import MountPlan
     from controller.policy.schema import Policy
     from controller.settings import Settings
 
@@ -45,6 +47,10 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 BUNDLE_FILE = "result.bundle"
+#: The agent's own result.json, as it came out of its sandbox (a claim, kept for the record).
+AGENT_RESULT_FILE = "agent-result.json"
+#: The landing intent, written right before the branch is: recovery reads it after a crash.
+LANDING_FILE = "landing.json"
 RUNNER_COMMAND = ["python", "-m", "taskbox_runner"]
 IDENTITY = CommitIdentity(name="Taskbox", email="taskbox@localhost")
 
@@ -77,6 +83,7 @@ class RunRecord:
     def __init__(self, runs_dir: Path, run_id: str) -> None:
         self.root = runs_dir / run_id
         self.stage = self.root / "stage"
+        self.judge_stage = self.root / "judge-stage"
         self.dir = self.root / "record"
 
     def create(self) -> None:
@@ -130,24 +137,20 @@ class TaskRunner:
 
     def admit(
         self, task: Task, repo: Path, base_ref: str, policy_name: str | None = None
-    ) -> tuple[Path, str, Policy, MountPlan]:
-        """Validate a task against a repository: (repo top, base commit, policy, plan).
+    ) -> Admission:
+        """Admit a task against a repository (``controller.admission.admit`` on this engine's images).
 
         Raises InvalidTaskError when an owned path is refused or the task asks too much,
         RepositoryError for a bad repository or ref, PolicyError for a bad policy.
         """
-        top = ensure_repository(repo)
-        base = resolve_commit(top, base_ref)
-        policy = effective_policy(
-            policy_for_worker(self._settings.policies_dir, task.worker, policy_name),
-            task.resources,
+        return admit(
+            task,
+            repo=repo,
+            base_ref=base_ref,
+            policies_dir=self._settings.policies_dir,
+            policy_name=policy_name,
+            images=self._images,
         )
-        plan = plan_mounts(task, list_tree(top, base), policy, base)
-        if plan.invalid_reasons:
-            raise InvalidTaskError(
-                "owned paths refused by the plan: " + "; ".join(plan.invalid_reasons)
-            )
-        return top, base, policy, plan
 
     # ------------------------------------------------------------------ execution
 
@@ -173,7 +176,13 @@ class TaskRunner:
         admitted (nothing was started then), and SandboxError when the engine fails.
         """
         # Admission first: a refused task starts nothing and leaves no run folder.
-        top, base, policy, plan = self.admit(task, repo, base_ref, policy_name)
+        admission = self.admit(task, repo, base_ref, policy_name)
+        top, base, policy, plan = (
+            admission.repo,
+            admission.base_commit,
+            admission.policy,
+            admission.plan,
+        )
         record = RunRecord(self._settings.runs_dir, run_id)
         record.create()
         sink = _RecordingSink(record, emit)
@@ -214,12 +223,14 @@ class TaskRunner:
             sink=sink,
             cancel=cancel,
             command=command or RUNNER_COMMAND,
+            image=admission.image,
         )
         try:
             result = self._execute_admitted(run)
         finally:
             if not self._settings.keep_staging:
                 remove_staging(record.stage)
+                remove_staging(record.judge_stage)
         meta.finished_at = datetime.now(UTC)
         meta.status = result.status
         record.write_json("run.json", meta.model_dump(mode="json"))
@@ -242,14 +253,9 @@ class TaskRunner:
             run.plan,
             run.sink,
         )
-        # A repository whose dependencies were built into a layer (`taskbox image build
-        # --repo`) runs on that layer: tasks run offline, so that is how its imports resolve.
-        image = (
-            image_for_repo(
-                run.repo, plan.base_commit, engine=self._images, sandbox_image=policy.image
-            )
-            or policy.image
-        )
+        # Admission chose the image: the repository's dependency layer when one was built
+        # (tasks run offline, so that is how its imports resolve), else the policy's.
+        image = run.image
         image_id = self._images.image_id(image)
         if image_id is None:
             raise SandboxError(f"sandbox image {image} is missing: run `taskbox image build`")
@@ -283,8 +289,9 @@ class TaskRunner:
             token=token,
             transcript=record.dir / "transcript.jsonl",
         )
-        with GatewayThread(gateway, staging.gateway / "gateway.sock") as thread:
-            outcome, output = self._run_sandbox(spec, record, sink, run.cancel, policy)
+        with GatewayThread(gateway, staging.gateway_socket()) as thread:
+            agent = self._run_sandbox(spec, record, sink, run.cancel, policy)
+            outcome = agent.outcome
             usage = thread.usage
         meta.usage = usage
         record.write_json("usage.json", usage.model_dump(mode="json"))
@@ -294,7 +301,7 @@ class TaskRunner:
                 message=outcome.describe(),
                 data={
                     "exit_code": outcome.exit_code,
-                    "model_requests": usage.requests,
+                    "model_requests": usage.requests - usage.count_tokens_requests,
                     "usage": {
                         "input_tokens": usage.input_tokens
                         + usage.cache_creation_input_tokens
@@ -304,8 +311,11 @@ class TaskRunner:
                 },
             )
         )
-        result = self._report(run, outcome, output)
-        if result.rounds is not None and result.rounds > usage.requests:
+        result = self._report(run, agent)
+        if (
+            result.rounds is not None
+            and result.rounds > usage.requests - usage.count_tokens_requests
+        ):
             # Each round needs at least one model request: a larger claim is not believed.
             result = result.model_copy(update={"rounds": None})
         return result
@@ -317,49 +327,56 @@ class TaskRunner:
         sink: EventSink,
         cancel: threading.Event,
         policy: Policy,
-    ) -> tuple[SandboxOutcome, dict[str, bytes | str]]:
-        """Create, start, wait (deadline and cancel), collect, remove: the container never outlives this."""
-        log_sink = SandboxLog(record.dir / "sandbox.log", sink)
-        handle: SandboxHandle | None = None
+    ) -> _AgentPhase:
+        """The agent's sandbox through the one lifecycle; its output as accepted bytes or refusals."""
+        last_checks: list[str] = []
+
+        def observe(event: RunEvent) -> None:
+            if event.stage == "checks":
+                last_checks[:] = [event.message]
+            sink(event)
+
+        log_sink = SandboxLog(record.dir / "sandbox.log", observe)
         try:
-            handle = self._backend.create(spec)
-            record.write_json("container.json", self._backend.inspect(handle))
-            watcher = _CancelWatcher(cancel, self._backend, handle)
-            self._backend.start(handle)
-            sink(RunEvent(stage="sandbox_started", message=f"container {spec.name} started"))
-            watcher.start()
-            try:
-                outcome = self._backend.wait(
-                    handle, timeout_seconds=spec.wall_clock_seconds, on_log=log_sink
-                )
-            except SandboxError:
-                if not cancel.is_set():
-                    raise
-                outcome = SandboxOutcome(
-                    exit_code=None, oom_killed=False, timed_out=False, duration_seconds=0
-                )
-            finally:
-                watcher.stop()
-            output: dict[str, bytes | str] = {}
-            if not cancel.is_set() and not outcome.timed_out:
+            run = run_sandbox(
+                self._backend,
+                spec,
                 # The policy's caps bound what is read into memory at all.
-                caps = {
+                collect={
                     RESULT_FILE: policy.ingestion.max_result_bytes,
                     BUNDLE_FILE: policy.ingestion.max_bundle_bytes,
-                }
-                collected = self._backend.collect(handle, caps)
-                output.update(collected.files)
-                output.update({name: f"refused: {why}" for name, why in collected.refused.items()})
-            return outcome, output
+                },
+                on_log=log_sink,
+                cancel=cancel,
+                on_created=lambda inspected: record.write_json("container.json", inspected),
+                on_started=lambda: sink(
+                    RunEvent(stage="sandbox_started", message=f"container {spec.name} started")
+                ),
+            )
         finally:
             log_sink.close()
-            if handle is not None:
-                self._backend.remove(handle)
+        output: dict[str, bytes | str] = dict(run.output.files)
+        output.update({name: f"refused: {why}" for name, why in run.output.refused.items()})
+        return _AgentPhase(
+            outcome=run.outcome,
+            output=output,
+            # The runner's own verdict on its last round: a claim, but one that can only
+            # lower the judge's verdict (controller.verdict.settle), never raise it.
+            last_checks_failed=bool(last_checks) and last_checks[0].startswith("checks failed"),
+        )
 
-    def _report(
-        self, run: _AdmittedRun, outcome: SandboxOutcome, output: dict[str, bytes | str]
+    def _report(  # noqa: PLR0911 - one return per way a run ends reads best
+        self,
+        run: _AdmittedRun,
+        agent: _AgentPhase,
     ) -> TaskResult:
-        task, plan, record = run.task, run.plan, run.record
+        task, plan, record, outcome, output = (
+            run.task,
+            run.plan,
+            run.record,
+            agent.outcome,
+            agent.output,
+        )
 
         def ended(status: TaskStatus, reason: str) -> TaskResult:
             return TaskResult(
@@ -383,22 +400,58 @@ class TaskRunner:
             return ended("failed", f"result.bundle {raw_bundle}")
         if raw_bundle is not None:
             record.write_bytes(BUNDLE_FILE, raw_bundle)
+        record.write_bytes(AGENT_RESULT_FILE, raw_result)
         try:
             ingested = ingest(
                 repo=run.repo,
                 plan=plan,
                 policy=run.policy,
                 task_key=task.task_key,
+                subject=commit_subject(task.task_key, task.description, plan.owns_paths),
                 result_bytes=raw_result,
                 bundle_bytes=raw_bundle,
                 workspace=record.root,
                 identity=IDENTITY,
                 commit_date=run.meta.commit_date,
+                judge=self._judge(run, agent),
+                agent_exit_code=outcome.exit_code,
+                on_landing=lambda branch, commit, result: record.write_json(
+                    # Written before the ref update: recovery recognises a crash in between.
+                    LANDING_FILE,
+                    {"branch": branch, "commit": commit, "result": result.model_dump(mode="json")},
+                ),
             )
         except IngestionError as exc:
             return ended("failed", f"the sandbox's output was refused: {exc}")
         record.write_json("ingested.json", ingested.model_dump(mode="json", exclude={"result"}))
+        if run.cancel.is_set():
+            return ended("cancelled", "cancelled while judging; the containers were removed")
         return ingested.result
+
+    def _judge(self, run: _AdmittedRun, agent: _AgentPhase) -> Callable[[Candidate], Verdict]:
+        """The judge of this run's candidate, its verdict settled with what the agent phase showed."""
+        candidate_judge = CandidateJudge(
+            backend=self._backend,
+            plan=run.plan,
+            policy=run.policy,
+            image=run.meta.image_id or "",
+            run_id=run.meta.run_id,
+            stage_root=run.record.judge_stage,
+            record=JudgeRecord(folder=run.record.dir, write_json=run.record.write_json),
+            sink=run.sink,
+            cancel=run.cancel,
+            controller_id=self._controller_id,
+        )
+
+        def judge(candidate: Candidate) -> Verdict:
+            return settle(
+                candidate_judge(candidate),
+                agent=candidate.agent,
+                agent_exit_code=agent.outcome.exit_code,
+                agent_last_checks_failed=agent.last_checks_failed,
+            )
+
+        return judge
 
     # ------------------------------------------------------------------ API hooks
 
@@ -417,7 +470,9 @@ class TaskRunner:
 
     def remove_staging(self, run_id: str) -> None:
         """Remove a run's staging folder (after a crash)."""
-        remove_staging(RunRecord(self._settings.runs_dir, run_id).stage)
+        record = RunRecord(self._settings.runs_dir, run_id)
+        remove_staging(record.stage)
+        remove_staging(record.judge_stage)
 
     def audit(self, run_id: str) -> dict[str, JsonValue] | None:
         """What a security team asks of a run: plan, effective policy and digest, image, container."""
@@ -436,6 +491,17 @@ class TaskRunner:
 
 
 @dataclass(frozen=True, slots=True)
+class _AgentPhase:
+    """What the controller itself saw of the agent's sandbox."""
+
+    outcome: SandboxOutcome
+    output: dict[str, bytes | str]
+    """Output files by name: accepted bytes, or the refusal as text."""
+    last_checks_failed: bool
+    """The runner's last progress event on its checks said they failed."""
+
+
+@dataclass(frozen=True, slots=True)
 class _AdmittedRun:
     """Everything decided at admission, carried through the rest of one run."""
 
@@ -448,6 +514,8 @@ class _AdmittedRun:
     sink: EventSink
     cancel: threading.Event
     command: list[str]
+    image: str
+    """The image admission chose (the repository's dependency layer or the policy's)."""
 
 
 class _RecordingSink:
@@ -466,38 +534,6 @@ class _RecordingSink:
             self._emit(event)
 
 
-class _CancelWatcher:
-    """Removes the sandbox as soon as the run is cancelled."""
-
-    def __init__(
-        self, cancel: threading.Event, backend: SandboxBackend, handle: SandboxHandle
-    ) -> None:
-        self._cancel = cancel
-        self._backend = backend
-        self._handle = handle
-        self._done = threading.Event()
-        self._thread = threading.Thread(
-            target=self._watch, name=f"cancel-{handle.name}", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._done.is_set():
-            if self._cancel.wait(0.2):
-                log.info("cancelling %s", self._handle.name)
-                try:
-                    self._backend.remove(self._handle)
-                except SandboxError:
-                    log.exception("could not remove %s on cancel", self._handle.name)
-                return
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
-
-
 def _commit_date(model_spec: str, now: datetime) -> datetime:
     """The date of the final commit: a replay reuses the recorded run's, so it gets the same commit."""
     kind, _, where = model_spec.partition(":")
@@ -511,27 +547,17 @@ def _commit_date(model_spec: str, now: datetime) -> datetime:
 
 
 def make_executor(settings: Settings) -> TaskRunner:
-    """The Docker-backed executor ``taskbox serve`` runs tasks with."""
-    # Imported here so that the runner package and the API import no docker code.
-    from controller.sandbox.docker import DockerBackend, DockerImages  # noqa: PLC0415
-
-    return TaskRunner(
-        settings,
-        DockerBackend.from_settings(settings),
-        DockerImages.from_settings(settings),
-        model=settings.model_upstream,
-    )
+    """The executor ``taskbox serve`` runs tasks with, on the engine the settings name."""
+    engine = open_engine(settings)
+    return TaskRunner(settings, engine.backend, engine.images, model=settings.model_upstream)
 
 
 def make_readiness_probes(settings: Settings) -> dict[str, Callable[[], None]]:
     """``/readyz`` checks: the engine answers and the sandbox image is built."""
-    from controller.sandbox.docker import DockerBackend, DockerImages  # noqa: PLC0415
-
-    def engine() -> None:
-        DockerBackend.from_settings(settings).client.ping()
+    engine = open_engine(settings)
 
     def image() -> None:
-        if DockerImages.from_settings(settings).image_id(settings.image) is None:
+        if engine.images.image_id(settings.image) is None:
             raise SandboxError(f"sandbox image {settings.image} is not built")
 
-    return {"engine": engine, "image": image}
+    return {"engine": engine.ping, "image": image}

@@ -5,7 +5,9 @@ Tasks live in the :class:`~controller.store.TaskStore`, so the queue is the
 worker threads each claim the oldest queued task and hand it to a
 :class:`TaskExecutor` (synchronous: the docker SDK is). On start, tasks the store
 still calls ``running`` belong to a dead controller: their containers and
-staging are removed and they are re-queued once, or failed with a reason. On
+staging are removed and they are re-queued once, or failed with a reason. A run
+that had already put its commit on ``taskbox/<key>`` (its ``record/landing.json``
+names that commit and the branch holds it) is finished as succeeded instead. On
 shutdown, running tasks get a grace period, then their cancel event, and go
 back to the queue for the next start.
 """
@@ -21,18 +23,20 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
-from pydantic import JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, JsonValue, StringConstraints, ValidationError
 
 from controller.contract import Task, TaskResult
 from controller.errors import (
     AuditNotFoundError,
     BaseRefError,
     IdempotencyConflictError,
+    PolicyError,
     QueueFullError,
     RepositoryError,
     RepositoryUnavailableError,
+    ServiceError,
     ShuttingDownError,
     TaskboxError,
     TaskFinishedError,
@@ -40,9 +44,16 @@ from controller.errors import (
     TaskNotFoundError,
     UnknownRepositoryError,
 )
-from controller.gitrepo import ensure_repository, resolve_commit
+from controller.gitrepo import ensure_repository, resolve_commit, run_git
 from controller.runs import new_run_id
-from controller.store import EventRecord, NewEvent, NewTask, TaskRecord, TaskState, TaskStore
+from controller.store import (
+    EventRecord,
+    NewEvent,
+    NewTask,
+    TaskRecord,
+    TaskState,
+    TaskStore,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,6 +76,24 @@ CLAIM_RETRY_SECONDS = 2.0
 #: Caps on what one event may carry, so a chatty run cannot bloat the index.
 MAX_EVENT_MESSAGE_CHARS = 4000
 MAX_EVENT_DATA_BYTES = 64 * 1024
+#: The branch a run of a task writes: ``taskbox/<taskKey>``.
+BRANCH_PREFIX = "taskbox/"
+#: What a run writes in its record folder right before it moves ``taskbox/<key>``.
+LANDING_FILE = "landing.json"
+#: A landing record is a few KiB; anything far larger is not one of ours.
+MAX_LANDING_BYTES = 4 * 1024 * 1024
+
+
+class PolicyUnavailableError(ServiceError):
+    """The policy a task would run under cannot be loaded (an operator's problem, not the caller's)."""
+
+    code = "policy_unavailable"
+
+
+class BranchExistsError(ServiceError):
+    """The repository already has ``taskbox/<taskKey>``: a run of this key could never land."""
+
+    code = "branch_exists"
 
 
 class TaskExecutor(Protocol):
@@ -75,6 +104,16 @@ class TaskExecutor(Protocol):
     ``data["usage"] = {"input_tokens": n, "output_tokens": m}`` on any event feeds
     the model-token metric.
     """
+
+    def admit(
+        self, task: Task, repo: Path, base_ref: str, policy_name: str | None = None
+    ) -> object:
+        """Check that the task can run (plan, policy, resources); blocking, it runs git.
+
+        Raises InvalidTaskError (the plan refuses an owned path, or the task asks for more
+        than the policy's maximum), RepositoryError or PolicyError. The value is not used.
+        """
+        ...
 
     def execute(
         self,
@@ -166,7 +205,7 @@ class RecoveryOutcome:
     task_id: str
     run_id: str | None
     containers_removed: int
-    action: str  # "requeued", "failed" or "cancelled"
+    action: str  # "requeued", "failed", "cancelled" or "succeeded" (its commit had landed)
 
 
 def request_hash(task: Task, repository: str, base_ref: str) -> str:
@@ -216,10 +255,17 @@ class TaskService:
         max_concurrent: int,
         max_queued: int,
         observer: TaskObserver | None = None,
+        runs_dir: Path | None = None,
     ) -> None:
-        """Wire the service; nothing runs before :meth:`start`."""
+        """Wire the service; nothing runs before :meth:`start`.
+
+        ``runs_dir`` is where runs keep their records (``<runs_dir>/<run_id>/record``);
+        recovery reads a run's landing intent there. Without it, recovery cannot tell
+        a landed commit and re-queues every interrupted run.
+        """
         self.store = store
         self.executor = executor
+        self._runs_dir = runs_dir
         self.changes = TaskChangeFeed()
         self._repositories = dict(repositories)
         self._max_concurrent = max_concurrent
@@ -272,7 +318,20 @@ class TaskService:
                         "containers_removed": removed,
                     },
                 )
-            if record.cancel_requested:
+            landed = self._landed_result(record)
+            action: str
+            if isinstance(landed, TaskResult):
+                # The run had put its checked commit on the branch: that is its result,
+                # whatever a cancel or the attempt count says; running it again could
+                # only fail on the branch it wrote itself.
+                self._finish(record, landed)
+                action = landed.status
+            elif isinstance(landed, str):
+                self._finish(
+                    record, TaskResult(task_key=record.task_key, status="failed", reason=landed)
+                )
+                action = "failed"
+            elif record.cancel_requested:
                 reason = "cancelled on request; the controller stopped while the run was stopping"
                 self._finish(
                     record, TaskResult(task_key=record.task_key, status="cancelled", reason=reason)
@@ -302,6 +361,85 @@ class TaskService:
             outcomes.append(RecoveryOutcome(record.id, record.run_id, removed, action))
             self.changes.notify(record.id)
         return outcomes
+
+    def _landed_result(self, record: TaskRecord) -> TaskResult | str | None:
+        """What an interrupted run had landed: its result, a reason to fail, or None to rerun.
+
+        The run writes ``record/landing.json`` (branch, commit, the result it will
+        report) right before it moves ``taskbox/<key>``. If the branch now holds that
+        commit, the run landed and the result stands. If the branch is absent, the
+        crash came before the ref update: the task runs again. If the branch holds
+        another commit, something else wrote it and a rerun would be refused too.
+        """
+        intent = self._read_landing(record)
+        repo = self._repositories.get(record.repository)
+        if intent is None or repo is None:
+            return None
+        branch, commit, result = intent
+        log_extra = {"task_id": record.id, "run_id": record.run_id, "branch": branch}
+        try:
+            current = branch_commit(repo, branch)
+        except RepositoryError as exc:
+            logger.error(  # noqa: TRY400 - the cause is in the message
+                "cannot read the branch of an interrupted run",
+                extra={**log_extra, "error": str(exc)},
+            )
+            current = None
+        if current is None:
+            logger.info("the interrupted run had not moved its branch; rerun", extra=log_extra)
+            return None
+        if current == commit:
+            logger.info(
+                "the interrupted run had landed its commit; finished as succeeded",
+                extra={**log_extra, "commit": commit},
+            )
+            return result
+        logger.warning(
+            "the branch of an interrupted run holds another commit",
+            extra={**log_extra, "expected": commit, "found": current},
+        )
+        return (
+            f"the controller stopped while run {record.run_id} was landing commit {commit[:12]} "
+            f"on {branch}, and {branch} now holds another commit ({current[:12]}); "
+            "the branch was not changed and the task is not run again"
+        )
+
+    def _read_landing(self, record: TaskRecord) -> tuple[str, str, TaskResult] | None:
+        """The run's landing intent (branch, commit, result) when it is present and coherent."""
+        if self._runs_dir is None or record.run_id is None:
+            return None
+        path = self._runs_dir / record.run_id / "record" / LANDING_FILE
+        log_extra = {"task_id": record.id, "run_id": record.run_id}
+        try:
+            if path.is_symlink() or not path.is_file():
+                return None
+            with path.open("rb") as handle:
+                raw = handle.read(MAX_LANDING_BYTES + 1)
+            # An oversized file fails validation as truncated JSON.
+            intent = _LandingIntent.model_validate_json(raw[:MAX_LANDING_BYTES])
+        except (OSError, ValueError) as exc:
+            # Written right before the ref update: a torn file means the ref was never moved.
+            logger.warning(
+                "landing record unreadable; treated as absent",
+                extra={**log_extra, "error": str(exc)[:500]},
+            )
+            return None
+        expected_branch = BRANCH_PREFIX + record.task_key
+        result = intent.result
+        problems = []
+        if intent.branch != expected_branch:
+            problems.append(f"branch {intent.branch!r} is not {expected_branch!r}")
+        if result.task_key != record.task_key:
+            problems.append("its result is for another task key")
+        if result.status != "succeeded" or result.git_commit != intent.commit:
+            problems.append("its result is not a success with that commit")
+        if problems:
+            logger.warning(
+                "landing record does not match its task; treated as absent",
+                extra={**log_extra, "problems": problems},
+            )
+            return None
+        return intent.branch, intent.commit, result
 
     @property
     def accepting(self) -> bool:
@@ -363,6 +501,21 @@ class TaskService:
         if self.store.count_by_status()["queued"] >= self._max_queued:
             raise QueueFullError(f"{self._max_queued} tasks are already waiting; retry later")
         base_commit = self._resolve(repository, repo, base_ref)
+        self._admit(repository, repo, task, base_commit)
+        branch = BRANCH_PREFIX + task.task_key
+        try:
+            existing = branches_like(repo, branch)
+        except RepositoryError as exc:
+            raise RepositoryUnavailableError(
+                f"repository {repository!r} is not available on the controller; tell its operator"
+            ) from exc
+        if existing:
+            name, oid = existing[0]
+            raise BranchExistsError(
+                f"repository {repository!r} already has branch {name} (at {oid[:12]}); "
+                f"a run of {task.task_key} could not land there: use another task key "
+                "or remove the branch"
+            )
         record, stored_hash, created = self.store.create_task(
             NewTask(
                 id=new_task_id(),
@@ -375,13 +528,22 @@ class TaskService:
                 principal=principal,
                 idempotency_key=idempotency_key,
             ),
-            NewEvent("queued", f"task {task.task_key} queued", {"baseCommit": base_commit}),
+            NewEvent(
+                "queued",
+                f"task {task.task_key} queued",
+                {"baseCommit": base_commit, "createdBy": principal},
+            ),
         )
         if not created:
             return self._replay(stored_hash, record, digest)
         logger.info(
             "task queued",
-            extra={"task_id": record.id, "task_key": record.task_key, "repository": repository},
+            extra={
+                "task_id": record.id,
+                "task_key": record.task_key,
+                "repository": repository,
+                "principal": principal,
+            },
         )
         with self._cond:
             self._generation += 1
@@ -396,6 +558,33 @@ class TaskService:
                 "use a new key for a new task"
             )
         return Submission(record, replayed=True)
+
+    def _admit(self, name: str, repo: Path, task: Task, base_commit: str) -> None:
+        """Admission at submit: what the run would refuse is refused now, before it takes a slot.
+
+        InvalidTaskError (a refused owned path, resources over the policy's maximum) goes
+        to the caller as it is; a repository or policy the controller cannot use is the
+        operator's problem and is said so without details.
+        """
+        try:
+            self.executor.admit(task, repo, base_commit)
+        except PolicyError as exc:
+            logger.error(  # noqa: TRY400 - the cause is in the message
+                "admission could not load the task's policy",
+                extra={"repository": name, "worker": task.worker, "error": str(exc)},
+            )
+            raise PolicyUnavailableError(
+                f"the policy for worker {task.worker!r} is not usable on the controller; "
+                "tell its operator"
+            ) from exc
+        except RepositoryError as exc:
+            logger.error(  # noqa: TRY400 - the cause is in the message
+                "admission could not read the repository",
+                extra={"repository": name, "error": str(exc)},
+            )
+            raise RepositoryUnavailableError(
+                f"repository {name!r} is not available on the controller; tell its operator"
+            ) from exc
 
     @staticmethod
     def _resolve(name: str, repo: Path, base_ref: str) -> str:
@@ -548,6 +737,16 @@ class TaskService:
                 status="error",
                 reason=f"internal error in the executor (run {run_id}); see the controller log",
             )
+        if result.status != "succeeded":
+            # The run may have landed its commit and failed after it (a cleanup that raised,
+            # a cancel that came late): a commit on the branch is the task's result.
+            landed = self._landed_result(record)
+            if isinstance(landed, TaskResult):
+                logger.warning(
+                    "the run failed after landing its commit; the task succeeded",
+                    extra={**log_extra, "run_status": result.status},
+                )
+                result = landed
         with self._cond:
             interrupted = record.id in self._interrupted
         current = self.store.get(record.id)
@@ -612,3 +811,45 @@ class TaskService:
         except Exception:
             logger.exception("could not store a run event", extra={"task_id": task_id})
         self.changes.notify(task_id)
+
+
+class _LandingIntent(BaseModel):
+    """``record/landing.json``: what a run is about to put on its branch (written by the run)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    branch: str
+    commit: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
+    result: TaskResult
+
+
+def branches_like(repo: Path, branch: str) -> list[tuple[str, str]]:
+    """Branches (name, commit) that ``branch`` would collide with: the same name in any case.
+
+    ``taskbox/BE-1`` and ``taskbox/be-1`` are one file where names ignore case, so a
+    clone on such a system could not hold both; either one blocks the other.
+    """
+    out = run_git(repo, "for-each-ref", "--format=%(objectname) %(refname)", "--", "refs/heads/")
+    wanted = ("refs/heads/" + branch).casefold()
+    found = []
+    for line in out.decode("utf-8", "replace").splitlines():
+        oid, _, name = line.partition(" ")
+        if name.casefold() == wanted:
+            found.append((name.removeprefix("refs/heads/"), oid))
+    return found
+
+
+def branch_commit(repo: Path, branch: str) -> str | None:
+    """The commit ``refs/heads/<branch>`` points at in ``repo``, or None when it does not exist.
+
+    ``for-each-ref`` lists by prefix and succeeds on no match, so the exact name is
+    picked from its output: absence is an answer, not an error. Runs with the safe
+    git environment (no config, hooks or pagers of anyone else).
+    """
+    ref = f"refs/heads/{branch}"
+    out = run_git(repo, "for-each-ref", "--format=%(objectname) %(refname)", "--", ref)
+    for line in out.decode("utf-8", "replace").splitlines():
+        oid, _, name = line.partition(" ")
+        if name == ref:
+            return oid
+    return None

@@ -6,7 +6,7 @@ No secret has a default here; settings that guard access refuse placeholders.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     """Where the gateway sends model requests: ``anthropic``, ``scripted:FILE`` or ``replay:RUN_DIR``."""
     anthropic_base_url: str = "https://api.anthropic.com"
     """Upstream of the ``anthropic`` gateway upstream."""
+    sandbox_backend: Literal["docker"] = "docker"
+    """The engine sandboxes run on (``controller.sandbox.engines.open_engine``); Docker today."""
     docker_host: str | None = None
     """Engine address; the docker SDK's default (``DOCKER_HOST`` or the local socket) when unset."""
     api_tokens: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)

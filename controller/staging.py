@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.errors import SandboxError
 from controller.gitrepo import read_blobs
+from controller.removal import remove_tree
 from controller.sandbox.spec import StagingPaths
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def stage_run(
         root.mkdir(parents=True, exist_ok=False, mode=0o755)
     except FileExistsError as exc:
         raise SandboxError(f"staging folder {root} already exists") from exc
-    for folder in (paths.work, paths.out, paths.taskbox, paths.gateway):
+    for folder in (paths.work, paths.out, paths.taskbox, paths.gateway_socket().parent):
         folder.mkdir(mode=0o755)
 
     blobs = read_blobs(repo, [f.oid for f in plan.staged])
@@ -75,7 +75,76 @@ def stage_run(
     return paths
 
 
-def remove_staging(root: Path) -> None:
-    """Remove a run's staging folder; links inside are removed, never followed."""
-    if root.exists():
-        shutil.rmtree(root)
+def remove_staging(root: Path) -> bool:
+    """Remove a run's staging folder; True when it is gone. Never raises for what the sandbox made.
+
+    The removal is iterative and by file descriptor (``controller.removal``): no depth of
+    folders can make it fail, and links inside are removed, never followed. Anything else
+    that stops it (permissions, a read-only file system) is logged and False returned, so
+    a caller that cleans up after a run never loses the run's record or result to it.
+    """
+    try:
+        remove_tree(root)
+    except OSError as exc:
+        log.warning("could not remove the staging folder %s: %s", root, exc)
+        return False
+    return True
+
+
+#: A staged tree: repository-relative path -> (blob id, executable).
+Tree = dict[str, tuple[str, bool]]
+#: The judge's test phase writes its report here, apart from the static phase's ``out/``.
+JUDGE_TESTS_OUT = "out-tests"
+
+
+def _write_tree(repo: Path, folder: Path, tree: Tree) -> None:
+    """Fill a fresh ``folder`` with ``tree``'s files, read from ``repo``'s objects."""
+    folder.mkdir(mode=0o755)
+    blobs = read_blobs(repo, [oid for oid, _ in tree.values()])
+    for path, (oid, executable) in sorted(tree.items()):
+        _write_new_file(folder / path, blobs[oid], 0o755 if executable else 0o644)
+
+
+def stage_judge(
+    *,
+    repo: Path,
+    plan: MountPlan,
+    policy: Policy,
+    root: Path,
+    candidate: Tree,
+    fail_to_pass: Tree,
+    judge_config_json: str,
+) -> StagingPaths:
+    """Stage the judge's sandbox from objects the controller holds; raises SandboxError if ``root`` exists.
+
+    ``work/`` is the candidate tree (the planned base files with the checked change
+    applied), its owned paths handed to the sandbox uid as in a run; ``base/`` is the
+    planned base tree as it was, and ``f2p/`` the base with the change's test files
+    laid over it (both mounted read-only). There is no gateway folder: the judge has
+    no model. Nothing is ever read from the agent's staging folder.
+    """
+    paths = StagingPaths.under(root).model_copy(
+        update={"gateway": None, "extra_read_only": {"/base": root / "base", "/f2p": root / "f2p"}}
+    )
+    try:
+        root.mkdir(parents=True, exist_ok=False, mode=0o755)
+    except FileExistsError as exc:
+        raise SandboxError(f"staging folder {root} already exists") from exc
+    base: Tree = {s.path: (s.oid, s.executable) for s in plan.staged}
+    _write_tree(repo, paths.work, candidate)
+    _write_tree(repo, root / "base", base)
+    _write_tree(repo, root / "f2p", fail_to_pass)
+    for folder in (paths.out, root / JUDGE_TESTS_OUT, paths.taskbox):
+        folder.mkdir(mode=0o755)
+    for entry in plan.read_write:
+        target = paths.work / entry.path
+        if entry.kind == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.exists():
+            _write_new_file(target, b"", 0o644)
+        _hand_over(target, policy.uid, policy.gid)
+    _hand_over(paths.out, policy.uid, policy.gid)
+    _hand_over(root / JUDGE_TESTS_OUT, policy.uid, policy.gid)
+    # No secret in the judge's config: world-readable, owned by the controller.
+    _write_new_file(paths.taskbox / "judge.json", judge_config_json.encode(), 0o444)
+    return paths

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
-from controller.errors import StoreError
+from controller.errors import ServiceError, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -89,6 +89,10 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    # Submission looks up every task of a key in a repository (who owns the key, is one active).
+    # NOCASE: keys name branches, and `taskbox/be-1` and `taskbox/BE-1` are one folder where
+    # names ignore case (macOS, Windows clones), so they are one key.
+    (2, ("CREATE INDEX tasks_by_key ON tasks (repository, task_key COLLATE NOCASE, seq)",)),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -105,6 +109,16 @@ def _ts(value: datetime) -> str:
 
 def _parse_ts(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
+
+
+#: States in which a task still holds its key: a second run of the key would race it for the branch.
+ACTIVE_STATES: frozenset[str] = frozenset({"queued", "running"})
+
+
+class TaskKeyTakenError(ServiceError):
+    """The task key is used in the repository by another caller, or is queued or running already."""
+
+    code = "task_key_taken"
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +322,8 @@ class TaskStore:
 
         Returns ``(task, stored_request_hash, created)``. When the key is already
         taken (a concurrent submission won the race) nothing is written and the
-        existing task comes back with ``created=False``.
+        existing task comes back with ``created=False``. Raises TaskKeyTakenError
+        when the task key is another caller's in that repository, or is active.
         """
         now = _ts(utc_now())
         with self._write() as conn:
@@ -321,6 +336,7 @@ class TaskStore:
                 if existing is None:  # pragma: no cover - foreign key
                     raise StoreError("an idempotency key points at a missing task")
                 return existing, row["request_hash"], False
+            self._check_key_free(conn, new)
             conn.execute(
                 "INSERT INTO tasks (id, task_key, repository, base_ref, base_commit, task_json, "
                 "request_hash, principal, status, created_at, updated_at) "
@@ -348,6 +364,34 @@ class TaskStore:
         if task is None:  # pragma: no cover - just inserted
             raise StoreError("a task vanished right after it was written")
         return task, new.request_hash, True
+
+    @staticmethod
+    def _check_key_free(conn: sqlite3.Connection, new: NewTask) -> None:
+        """Raise TaskKeyTakenError unless ``new.task_key`` may get a new task in its repository.
+
+        A key belongs to the caller that used it first in a repository (it names the
+        branch ``taskbox/<key>`` that a run writes), so another caller can never take
+        it, not even after the first task finished. Keys differing only in case are one
+        key (their branches collide where file names ignore case). The same caller may submit the key
+        again only when no task of it is queued or running. Checked in the insert's
+        transaction, so two racing submissions cannot both pass.
+        """
+        rows = conn.execute(
+            "SELECT id, principal, status FROM tasks "
+            "WHERE repository = ? AND task_key = ? COLLATE NOCASE ORDER BY seq",
+            (new.repository, new.task_key),
+        ).fetchall()
+        if any(row["principal"] != new.principal for row in rows):
+            raise TaskKeyTakenError(
+                f"task key {new.task_key!r} is already used in repository {new.repository!r} "
+                "by another caller; use another task key"
+            )
+        active = [row["id"] for row in rows if row["status"] in ACTIVE_STATES]
+        if active:
+            raise TaskKeyTakenError(
+                f"task key {new.task_key!r} is already queued or running as task {active[0]}; "
+                "wait for it to finish or cancel it"
+            )
 
     # ------------------------------------------------------------------ reading
 

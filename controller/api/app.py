@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
@@ -17,16 +18,26 @@ from fastapi import FastAPI
 from controller import __version__
 from controller.api.auth import TokenRegistry
 from controller.api.deps import AppContext, ReadinessProbe
-from controller.api.errors import error_code_table, install_error_handlers
+from controller.api.errors import error_code_table, install_error_handlers, route_methods
 from controller.api.metrics import TaskMetrics
 from controller.api.middleware import BearerGate, RequestContextMiddleware
+from controller.api.redact import HostPathRedactor
 from controller.api.routes import system, tasks
+from controller.contract import (
+    TASK_KEY_PATTERN,
+    ContractResult,
+    CtxResult,
+    SchemaResult,
+    json_schemas,
+)
 from controller.service import TaskService
-from controller.settings import Settings
+from controller.settings import PROJECT_ROOT, Settings
 from controller.store import TaskStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
+
+    from pydantic import BaseModel
 
     from controller.service import TaskExecutor
 
@@ -42,6 +53,16 @@ branch on `code`, never on `message`:
 {error_code_table()}
 """
 
+
+#: What a ``contextJson`` key looks like: a task key and one of the dependency suffixes.
+CONTEXT_KEY_PATTERN = "^" + TASK_KEY_PATTERN.strip("^$") + "-(ctx|schema|contract)$"
+
+#: The dependency results a ``contextJson`` key's suffix selects (as the contract validates them).
+CONTEXT_RESULTS: dict[str, type[BaseModel]] = {
+    "ctx": CtxResult,
+    "schema": SchemaResult,
+    "contract": ContractResult,
+}
 
 #: Paths answered without a token: liveness and readiness probes carry none.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
@@ -59,6 +80,7 @@ def create_app(
         tokens=TokenRegistry(settings.api_tokens),
         metrics=TaskMetrics(),
         probes=dict(readiness_probes or {}),
+        redactor=HostPathRedactor(host_roots(settings)),
     )
     context.metrics.watch_store(
         lambda: context.service.store.count_by_status() if context.service is not None else {}
@@ -74,6 +96,7 @@ def create_app(
             max_concurrent=settings.max_concurrent_tasks,
             max_queued=settings.max_queued_tasks,
             observer=context.metrics,
+            runs_dir=settings.runs_dir,
         )
         try:
             await anyio.to_thread.run_sync(service.start)
@@ -106,8 +129,26 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
     app.include_router(tasks.router)
     app.include_router(system.router)
+    app.state.route_methods = route_methods([*tasks.router.routes, *system.router.routes])
     _tidy_openapi(app)
     return app
+
+
+def host_roots(settings: Settings) -> list[Path]:
+    """Host folders of this controller whose paths the API never shows (see controller.api.redact)."""
+    roots = [
+        settings.runs_dir,
+        settings.policies_dir,
+        settings.database,
+        settings.database.parent,
+        PROJECT_ROOT,
+        *settings.repositories.values(),
+        Path("/var/run/docker.sock"),
+        Path("/run/docker.sock"),
+    ]
+    if settings.docker_host and settings.docker_host.startswith("unix://"):
+        roots.append(Path(settings.docker_host.removeprefix("unix://")))
+    return roots
 
 
 def _tidy_openapi(app: FastAPI) -> None:
@@ -123,8 +164,11 @@ def _tidy_openapi(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         document = generate()
+        _describe_context_keys(document)
         for operations in document.get("paths", {}).values():
             for operation in operations.values():
+                for parameter in operation.get("parameters", []):
+                    parameter["schema"] = _without_null(parameter["schema"])
                 for status, response in operation.get("responses", {}).items():
                     if status.isdigit() and int(status) >= 400:  # noqa: PLR2004 - error statuses
                         response["content"] = {
@@ -144,6 +188,59 @@ def _tidy_openapi(app: FastAPI) -> None:
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without the ``null`` branch that an optional Python type adds.
+
+    A header or query value is a string on the wire; it is absent or present, never
+    ``null``. Left in, the spec would tell clients (and fuzzers) that ``null`` is a value.
+    """
+    branches = schema.get("anyOf")
+    if not isinstance(branches, list):
+        return schema
+    kept = [b for b in branches if b != {"type": "null"}]
+    if len(kept) == len(branches):
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+    if len(kept) == 1:
+        return {**kept[0], **rest}
+    return {**rest, "anyOf": kept}
+
+
+def _describe_context_keys(document: dict[str, Any]) -> None:
+    """Write the task contract's rules that its models do not export into the spec.
+
+    ``contextJson`` needs ``<taskKey>-ctx`` and takes only the dependency suffixes;
+    ``ownsPaths`` holds each path once.
+    """
+    task = document.get("components", {}).get("schemas", {}).get("Task")
+    if task is None:
+        return
+    context = task["properties"]["contextJson"]
+    context["description"] = json_schemas()["task.schema.json"]["properties"]["contextJson"][
+        "description"
+    ] + (
+        " The key `<taskKey>-ctx` is required and every key must start with the task's own "
+        "`taskKey` followed by `-ctx`, `-schema` or `-contract`; anything else is 422."
+    )
+    context["minProperties"] = 1
+    context["propertyNames"] = {"pattern": CONTEXT_KEY_PATTERN}
+    # Each dependency result has its own strict shape, chosen by the key's suffix.
+    schemas = document["components"]["schemas"]
+    context.pop("additionalProperties", None)
+    context["patternProperties"] = {}
+    for suffix, model in CONTEXT_RESULTS.items():
+        shape = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in shape.pop("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        schemas[model.__name__] = shape
+        context["patternProperties"][f"-{suffix}$"] = {
+            "$ref": f"#/components/schemas/{model.__name__}"
+        }
+    context["additionalProperties"] = False
+    # The contract refuses a path listed twice; the spec says so in its own words.
+    task["properties"]["ownsPaths"]["uniqueItems"] = True
 
 
 def _sse_event_schema(data_ref: str) -> dict[str, Any]:
@@ -170,7 +267,7 @@ class _SpecOnlyExecutor:
     def _refuse(self, *_args: object, **_kwargs: object) -> NoReturn:
         raise RuntimeError("this app was built only to render its OpenAPI document")
 
-    execute = container_ids_for = remove_run_containers = remove_staging = audit = _refuse
+    admit = execute = container_ids_for = remove_run_containers = remove_staging = audit = _refuse
 
 
 def render_openapi() -> str:

@@ -12,7 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from controller.api.auth import Principal, TokenRegistry
 from controller.api.errors import RepositoryForbiddenError, UnauthenticatedError
 from controller.api.metrics import TaskMetrics  # noqa: TC001 - FastAPI resolves these at runtime
-from controller.errors import ShuttingDownError
+from controller.api.redact import HostPathRedactor
+from controller.errors import ShuttingDownError, TaskNotFoundError
 from controller.service import TaskService
 from controller.settings import Settings  # noqa: TC001 - FastAPI resolves these at runtime
 from controller.store import TaskRecord  # noqa: TC001 - FastAPI resolves these at runtime
@@ -29,6 +30,8 @@ class AppContext:
     tokens: TokenRegistry
     metrics: TaskMetrics
     probes: Mapping[str, ReadinessProbe]
+    redactor: HostPathRedactor = field(default_factory=lambda: HostPathRedactor(()))
+    """Takes host paths out of what the API returns (audit, events, results)."""
     service: TaskService | None = field(default=None)
 
 
@@ -79,6 +82,11 @@ def require_repository(principal: Principal, repository: str) -> None:
 
 
 def visible_task(principal: Principal, record: TaskRecord) -> TaskRecord:
-    """The task, if the caller may see its repository (403 otherwise)."""
-    require_repository(principal, record.repository)
+    """The task, if the caller may see its repository; otherwise 404, as if it did not exist.
+
+    Answering 403 would confirm that the id exists and name the repository it
+    belongs to; the message is the one an unknown id gets, word for word.
+    """
+    if not principal.may_use(record.repository):
+        raise TaskNotFoundError(f"no task {record.id!r}")
     return record

@@ -9,10 +9,12 @@ rendered from it. Any other :class:`~controller.errors.TaskboxError` answers
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.api.models import ErrorDetail, ErrorResponse
@@ -20,6 +22,7 @@ from controller.errors import (
     AuditNotFoundError,
     BaseRefError,
     IdempotencyConflictError,
+    InvalidTaskError,
     QueueFullError,
     RepositoryUnavailableError,
     ShuttingDownError,
@@ -29,34 +32,48 @@ from controller.errors import (
     TaskNotFoundError,
     UnknownRepositoryError,
 )
+from controller.service import BranchExistsError, PolicyUnavailableError
+from controller.store import TaskKeyTakenError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from fastapi import FastAPI, Request
 
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 2000
+#: Control, bidi and zero-width characters: shown escaped in messages (they may quote task text).
+_UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 #: Every code the API answers with: (HTTP status, code, when).
 ERROR_CODES: tuple[tuple[int, str, str], ...] = (
     (400, "bad_request", "the body could not be read"),
     (401, "unauthenticated", "no bearer token, or not a valid one"),
-    (403, "repository_forbidden", "the token may not use that repository (or see that task)"),
+    (403, "repository_forbidden", "the token may not use that repository"),
     (404, "not_found", "no such route"),
-    (404, "task_not_found", "no task with that id"),
+    (404, "task_not_found", "no task with that id that this token may see"),
     (404, "repository_not_found", "no repository of that name in the settings"),
     (404, "audit_not_found", "the task has not started a run, or the run left no record"),
     (405, "method_not_allowed", "the route exists, the method does not"),
     (409, "idempotency_conflict", "the Idempotency-Key was used with another body"),
     (409, "task_not_finished", "the result was asked for while the task is queued or running"),
     (409, "task_already_finished", "cancel was asked for after the task finished"),
+    (
+        409,
+        "task_key_taken",
+        "another token used this `taskKey` in the repository, or a task of it is queued or running",
+    ),
+    (409, "branch_exists", "the repository already has the branch `taskbox/<taskKey>`"),
     (413, "request_too_large", "the body is over the controller's `max_request_bytes`"),
     (422, "validation_error", "the request does not match the schema (the message says where)"),
+    (422, "invalid_task", "admission refused the task (the message gives the plan's reasons)"),
     (422, "invalid_base_ref", "`baseRef` names no commit of the repository"),
     (422, "invalid_cursor", "the `cursor` is not one this API handed out"),
     (500, "internal_error", "a bug; the body has the request id, the server log the rest"),
     (503, "shutting_down", "the controller is draining; retry once it is back"),
     (503, "queue_full", "the queue is at the controller's `max_queued_tasks`; retry later"),
+    (503, "policy_unavailable", "the policy the task would run under is broken on the controller"),
     (
         503,
         "repository_unavailable",
@@ -114,11 +131,15 @@ STATUS_BY_ERROR: tuple[tuple[type[TaskboxError], int], ...] = (
     (IdempotencyConflictError, 409),
     (TaskNotFinishedError, 409),
     (TaskFinishedError, 409),
+    (TaskKeyTakenError, 409),
+    (BranchExistsError, 409),
+    (InvalidTaskError, 422),
     (BaseRefError, 422),
     (InvalidCursorError, 422),
     (ShuttingDownError, 503),
     (QueueFullError, 503),
     (RepositoryUnavailableError, 503),
+    (PolicyUnavailableError, 503),
     (NotReadyError, 503),
 )
 
@@ -156,8 +177,10 @@ def error_response(
 ) -> JSONResponse:
     """The JSON error body, with the request id in the body and in ``X-Request-ID``."""
     request_id = request_id_of(request)
+    # Messages quote what the caller sent (a refused path): its control characters come back escaped.
+    shown = _UNSAFE_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", message)
     body = ErrorResponse(
-        error=ErrorDetail(code=code, message=message[:MAX_MESSAGE_CHARS], request_id=request_id)
+        error=ErrorDetail(code=code, message=shown[:MAX_MESSAGE_CHARS], request_id=request_id)
     )
     all_headers = dict(headers or {})
     if request_id is not None:
@@ -190,11 +213,38 @@ async def _taskbox_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, status, exc.code, str(exc), headers)
 
 
+def route_methods(routes: Iterable[object]) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """(path pattern, methods) of every route, for the ``Allow`` header of a 405."""
+    return [
+        (route.path_regex, frozenset(route.methods))
+        for route in routes
+        if isinstance(route, APIRoute) and route.methods
+    ]
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this request's path, sorted.
+
+    Starlette's 405 names only the methods of the first route whose path matched,
+    while FastAPI makes one route per method: ``/v1/tasks`` would say ``POST`` alone.
+    The table comes from ``app.state.route_methods`` (set by the app factory).
+    """
+    table = getattr(request.app.state, "route_methods", [])
+    path = request.url.path
+    return sorted({m for pattern, methods in table if pattern.match(path) for m in methods})
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for this class only
     code = CODE_BY_STATUS.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
-    return error_response(request, exc.status_code, code, message, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # noqa: PLR2004 - Method Not Allowed
+        allowed = allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not allowed here; use {', '.join(allowed)}"
+    return error_response(request, exc.status_code, code, message, headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -229,12 +279,24 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "The body could not be read (`bad_request`), e.g. it is not UTF-8.",
         401: "No or invalid bearer token (`unauthenticated`).",
         403: "The token may not use this repository (`repository_forbidden`).",
-        404: "Not found (`task_not_found`, `repository_not_found`, `audit_not_found`).",
-        409: "Conflict (`idempotency_conflict`, `task_not_finished`, `task_already_finished`).",
+        404: (
+            "Not found (`task_not_found`, `repository_not_found`, `audit_not_found`); "
+            "a task of a repository the token may not use is `task_not_found` too."
+        ),
+        409: (
+            "Conflict (`idempotency_conflict`, `task_key_taken`, `branch_exists`, "
+            "`task_not_finished`, `task_already_finished`)."
+        ),
         413: "Body too large (`request_too_large`).",
-        422: "Invalid request (`validation_error`, `invalid_base_ref`, `invalid_cursor`).",
+        422: (
+            "Invalid request (`validation_error`, `invalid_task`, `invalid_base_ref`, "
+            "`invalid_cursor`)."
+        ),
         500: "Internal error (`internal_error`); the log has the details under the request id.",
-        503: "Unavailable (`shutting_down`, `queue_full`, `repository_unavailable`, `not_ready`).",
+        503: (
+            "Unavailable (`shutting_down`, `queue_full`, `repository_unavailable`, "
+            "`policy_unavailable`, `not_ready`)."
+        ),
     }
     return {
         status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses

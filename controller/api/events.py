@@ -18,6 +18,7 @@ from controller.api.models import EventView
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from controller.api.redact import HostPathRedactor
     from controller.service import TaskService
     from controller.store import EventRecord
 
@@ -33,19 +34,20 @@ class EventStreamResponse(EventSourceResponse):
     media_type = "text/event-stream"
 
 
-def event_view(event: EventRecord) -> EventView:
-    """The API form of a stored event."""
+def event_view(event: EventRecord, redactor: HostPathRedactor) -> EventView:
+    """The API form of a stored event, host paths redacted."""
+    data = redactor.redact(event.data)
     return EventView(
         seq=event.seq,
         stage=event.stage,
-        message=event.message,
-        data=event.data,
+        message=redactor.redact_text(event.message),
+        data=data if isinstance(data, dict) else {},
         created_at=event.created_at,
     )
 
 
 async def task_event_stream(
-    service: TaskService, task_id: str, after: int
+    service: TaskService, task_id: str, after: int, redactor: HostPathRedactor
 ) -> AsyncIterator[ServerSentEvent]:
     """Every event of ``task_id`` after ``after``, live, until the final one has been sent."""
     with service.changes.watch(task_id) as changed:
@@ -56,7 +58,7 @@ async def task_event_stream(
             events, complete = await anyio.to_thread.run_sync(service.events_after, task_id, after)
             for event in events:
                 yield ServerSentEvent(
-                    data=event_view(event).model_dump_json(by_alias=True),
+                    data=event_view(event, redactor).model_dump_json(by_alias=True),
                     id=str(event.seq),
                     event=event.stage,
                     retry=retry,

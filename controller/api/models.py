@@ -29,6 +29,15 @@ BaseRef = Annotated[
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 #: Task ids are 32 lowercase hex characters.
 TASK_ID_PATTERN = r"^[0-9a-f]{32}$"
+# A list cursor is ``after:<1 to 18 digits>`` in unpadded base64url. Callers treat it as
+# opaque; the pattern is exact (every string it allows decodes to a cursor the server takes),
+# so the spec and the server agree on what is refused. "after:" is 6 bytes, so it encodes
+# alone to "YWZ0ZXI6"; each 3 digits then make 4 characters, 1 or 2 leftover digits 2 or 3.
+_DIGIT_PAIR = "(?:[MN][DTjz]|O[DT])"  # first digit's 6 high bits, then its 2 low + next's 4 high
+_DIGITS_3 = _DIGIT_PAIR + "[AEIMQUYcgk][w-z0-5]"
+_DIGITS_2 = _DIGIT_PAIR + "[AEIMQUYcgk]"
+_DIGITS_1 = "(?:[MN][AQgw]|O[AQ])"
+CURSOR_PATTERN = f"^YWZ0ZXI6(?:{_DIGITS_3}){{0,5}}(?:{_DIGITS_3}|{_DIGITS_2}|{_DIGITS_1})$"
 
 
 class ApiModel(BaseModel):
@@ -47,7 +56,9 @@ class SubmitTaskRequest(ApiModel):
     """``POST /v1/tasks``: a task, the repository (by name) and the commit to start from."""
 
     task: Task
-    """The task contract, camelCase, as the orchestrator writes it."""
+    """The task contract, camelCase, as the orchestrator writes it. ``contextJson`` must hold the
+    key ``<taskKey>-ctx`` (the context result: ``relevant_files``, ``world_state``) and may hold
+    ``<taskKey>-schema`` and ``<taskKey>-contract``; any other key is refused (422)."""
     repository: RepositoryName
     """A repository name from the controller's settings; never a host path."""
     base_ref: BaseRef = "HEAD"
@@ -79,6 +90,8 @@ class TaskView(ApiModel):
     """A cancel was asked for while the task ran; it ends ``cancelled`` unless it had already succeeded."""
     reason: str | None
     """Why the task did not succeed, once it is final."""
+    created_by: str
+    """Fingerprint of the token that submitted the task (a sha256 prefix, never the token)."""
     created_at: datetime
     """When the task was admitted."""
     started_at: datetime | None
@@ -118,8 +131,12 @@ class AuditView(ApiModel):
     """Task id."""
     run_id: str
     """The run the record belongs to."""
+    created_by: str
+    """Fingerprint of the token that submitted the task (a sha256 prefix, never the token)."""
     audit: dict[str, JsonValue]
-    """Mount plan, effective policy and its digest, image id, container settings as inspected."""
+    """Mount plan, effective policy and its digest, image id, container settings as inspected.
+    Host paths (staging, repositories, the engine's data root, log files) are shown as
+    ``<host path>``; the run record on the controller keeps them."""
 
 
 class PolicyView(ApiModel):

@@ -9,6 +9,7 @@ import click
 from pydantic import ValidationError
 
 from controller.contract import Task
+from controller.display import escape_text
 from controller.errors import InvalidTaskError
 
 if TYPE_CHECKING:
@@ -37,9 +38,22 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 class CliError(click.ClickException):
-    """A failure shown to the user as ``error: message`` with exit status 2."""
+    """A failure shown to the user as ``error: message`` with exit status 2.
+
+    The message often quotes a task, a repository or a sandbox (a path, a ref, a file
+    name): it is shown escaped, on one line.
+    """
 
     exit_code = 2
+
+    def format_message(self) -> str:
+        """The message with control, bidi and zero-width characters escaped."""
+        return escape_text(self.message)
+
+
+def echo_safe(text: str, *, err: bool = False, multiline: bool = False) -> None:
+    """``click.echo`` for a line that quotes untrusted text: shown escaped (one line unless ``multiline``)."""
+    click.echo(escape_text(text, multiline=multiline), err=err)
 
 
 class InfrastructureError(CliError):

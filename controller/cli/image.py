@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
-from controller.cli.common import CliError
+from controller.cli.common import CliError, echo_safe
+from controller.display import escape_text
 from controller.errors import TaskboxError
 from controller.gitrepo import ensure_repository, resolve_commit
 from controller.image import (
@@ -17,7 +19,7 @@ from controller.image import (
     build_repo_image,
     build_sandbox_image,
 )
-from controller.sandbox.docker import DockerImages
+from controller.sandbox.engines import open_engine
 from controller.settings import get_settings
 
 
@@ -27,6 +29,9 @@ def image() -> None:
 
 
 def _progress(text: str) -> None:
+    # Build output quotes the repository's dependency declarations: escaped on a terminal.
+    if sys.stderr.isatty():
+        text = escape_text(text, multiline=True)
     click.echo(text, nl=False, err=True)
 
 
@@ -75,7 +80,7 @@ def build(  # noqa: PLR0917 - click passes every option as a parameter
     if controller and repo is not None:
         raise CliError("--controller and --repo build different images: give one")
     try:
-        engine = DockerImages.from_settings(settings)
+        engine = open_engine(settings).images
         if controller:
             result = build_controller_image(
                 engine, base_image=base_image, tag=tag or CONTROLLER_IMAGE, on_output=on_output
@@ -106,7 +111,7 @@ def build(  # noqa: PLR0917 - click passes every option as a parameter
                         )
                     )
                 else:
-                    click.echo(message)
+                    echo_safe(message)
                 return
             result = built
     except TaskboxError as exc:

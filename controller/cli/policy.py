@@ -3,35 +3,42 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from controller.cli.common import CliError, load_task_file
-from controller.errors import TaskboxError
-from controller.gitrepo import ensure_repository, list_tree, resolve_commit
-from controller.policy.loader import effective_policy, load_policy_file, policy_for_worker
-from controller.policy.planner import MountPlan, plan_mounts
+from controller.admission import Admission, plan_admission
+from controller.cli.common import CliError, echo_safe, load_task_file
+from controller.display import make_console, safe_text
+from controller.errors import SandboxError, TaskboxError
+from controller.policy.loader import load_policy_file
+from controller.runs import RUNNER_COMMAND
+from controller.sandbox.engines import open_engine
 from controller.sandbox.spec import ContainerSpec, StagingPaths, build_container_spec
 from controller.settings import get_settings
 
 if TYPE_CHECKING:
-    from controller.policy.schema import Policy
+    from controller.image import ImageEngine
+
+log = logging.getLogger(__name__)
 
 
 class Explanation:
-    """A task's plan and the exact container settings it would get."""
+    """A task's plan, the image it would run, and the exact container settings it would get."""
 
-    def __init__(self, plan: MountPlan, policy: Policy, spec: ContainerSpec) -> None:
-        self.plan = plan
-        self.policy = policy
+    def __init__(self, admission: Admission, image_id: str | None, spec: ContainerSpec) -> None:
+        self.plan = admission.plan
+        self.policy = admission.policy
+        self.image = admission.image
+        self.image_id = image_id
         self.spec = spec
 
     def as_json(self) -> dict[str, Any]:
-        """The ``--json`` form: read_only, read_write, refused, container, policy."""
+        """The ``--json`` form: read_only, read_write, refused, image, container, policy."""
         return {
             "task_key": self.plan.task_key,
             "base_commit": self.plan.base_commit,
@@ -41,6 +48,8 @@ class Explanation:
             "refused": [r.model_dump(mode="json") for r in self.plan.refused],
             "staged_files": len(self.plan.staged),
             "valid": not self.plan.invalid_reasons,
+            "image": self.image,
+            "image_id": self.image_id,
             "container": self.spec.model_dump(mode="json"),
         }
 
@@ -48,53 +57,87 @@ class Explanation:
 def explain_task(
     task_file: Path, repo: Path, base: str, policy_name: str | None, staging_root: Path
 ) -> Explanation:
-    """Plan a task exactly as a run would, without staging or starting anything."""
+    """Admit a task exactly as a run would (image included), without staging or starting anything.
+
+    The image is the one a run would use: the repository's dependency layer when one is
+    built. With no engine answering, the policy's image is shown and ``image_id`` is None.
+    """
     settings = get_settings()
     task = load_task_file(task_file)
-    top = ensure_repository(repo)
-    commit = resolve_commit(top, base)
-    policy = effective_policy(
-        policy_for_worker(settings.policies_dir, task.worker, policy_name), task.resources
+    try:
+        images: ImageEngine | None = open_engine(settings).images
+    except SandboxError as exc:
+        log.warning("no engine answers (%s): showing the policy's image", exc)
+        images = None
+    admission = plan_admission(
+        task,
+        repo=repo,
+        base_ref=base,
+        policies_dir=settings.policies_dir,
+        policy_name=policy_name,
+        images=images,
     )
-    plan = plan_mounts(task, list_tree(top, commit), policy, commit)
+    image_id = images.image_id(admission.image) if images is not None else None
     spec = build_container_spec(
-        policy=policy,
-        plan=plan,
+        policy=admission.policy,
+        plan=admission.plan,
         staging=StagingPaths.under(staging_root),
-        image=policy.image,
+        # A run creates its container from the image's content id, so the settings show it too.
+        image=image_id or admission.image,
         run_id="explain",
-        command=["python", "-m", "taskbox_runner"],
+        command=list(RUNNER_COMMAND),
     )
-    return Explanation(plan, policy, spec)
+    return Explanation(admission, image_id, spec)
 
 
 def _print_explanation(ex: Explanation) -> None:
-    console = Console()
+    # Paths, reasons and details come from the task and the repository: data, never markup.
+    console = make_console()
     console.print(
-        f"[bold]Task[/] {ex.plan.task_key} at {ex.plan.base_commit[:12]}  "
-        f"[bold]policy[/] {ex.policy.name} ({ex.policy.digest()[:19]}…)"
+        Text.assemble(
+            ("Task", "bold"),
+            " ",
+            safe_text(ex.plan.task_key),
+            f" at {ex.plan.base_commit[:12]}  ",
+            ("policy", "bold"),
+            " ",
+            safe_text(ex.policy.name),
+            f" ({ex.policy.digest()[:19]}…)",
+        )
     )
-    mounts = Table(title="Mount plan (inside the sandbox under /work)")
+    mounts = Table(title="Mount plan (inside the sandbox under /work)", highlight=False)
     for column in ("path", "kind", "access", "why"):
         mounts.add_column(column)
     for entry in ex.plan.read_only:
-        mounts.add_row(entry.path, entry.kind, "read-only", entry.role.value)
+        mounts.add_row(
+            safe_text(entry.path), safe_text(entry.kind), "read-only", safe_text(entry.role.value)
+        )
     for entry in ex.plan.read_write:
-        mounts.add_row(entry.path, entry.kind, "[bold]read-write[/]", entry.role.value)
+        mounts.add_row(
+            safe_text(entry.path),
+            safe_text(entry.kind),
+            Text("read-write", style="bold"),
+            safe_text(entry.role.value),
+        )
     console.print(mounts)
     if ex.plan.refused:
-        refused = Table(title="Refused")
+        refused = Table(title="Refused", highlight=False)
         for column in ("path", "role", "reason", "detail"):
             refused.add_column(column)
         for item in ex.plan.refused:
-            refused.add_row(item.path, item.role.value, item.reason.value, item.detail)
+            refused.add_row(
+                safe_text(item.path),
+                safe_text(item.role.value),
+                safe_text(item.reason.value),
+                safe_text(item.detail),
+            )
         console.print(refused)
     spec = ex.spec
-    settings = Table(title="Container settings")
+    settings = Table(title="Container settings", highlight=False)
     settings.add_column("setting")
     settings.add_column("value")
     rows = [
-        ("image", spec.image),
+        ("image", f"{ex.image} ({ex.image_id or 'not built'})"),
         ("user", spec.user),
         ("network", "disabled (loopback only)"),
         ("root filesystem", "read-only"),
@@ -113,10 +156,12 @@ def _print_explanation(ex: Explanation) -> None:
         (f"mount {m.target}", f"{'ro' if m.read_only else 'rw'} <- {m.source}") for m in spec.mounts
     ]
     for name, value in rows:
-        settings.add_row(name, value)
+        settings.add_row(safe_text(name), safe_text(value))
     console.print(settings)
     for reason in ex.plan.invalid_reasons:
-        console.print(f"[bold red]invalid:[/] owned path refused: {reason}")
+        console.print(
+            Text.assemble(("invalid:", "bold red"), " owned path refused: ", safe_text(reason))
+        )
 
 
 @click.group()
@@ -160,8 +205,8 @@ def lint(files: tuple[Path, ...]) -> None:
             loaded = load_policy_file(path)
         except TaskboxError as exc:
             failed += 1
-            click.echo(f"FAIL {exc}")
+            echo_safe(f"FAIL {exc}")
         else:
-            click.echo(f"ok   {path} ({loaded.name}, {loaded.digest()})")
+            echo_safe(f"ok   {path} ({loaded.name}, {loaded.digest()})")
     if failed:
         raise SystemExit(1)

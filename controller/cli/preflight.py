@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from controller.cli.common import CliError
+from controller.cli.common import CliError, echo_safe
 from controller.errors import TaskboxError
 from controller.preflight import Level, run_preflight
 from controller.settings import get_settings
@@ -41,11 +41,11 @@ def preflight(as_json: bool, no_probe: bool, policy_name: str) -> None:
         click.echo(json.dumps(report.dump(), indent=2))
     else:
         for check in report.checks:
-            click.echo(f"{_MARKS[check.level]} {check.name}: {check.summary}")
+            echo_safe(f"{_MARKS[check.level]} {check.name}: {check.summary}")
             if check.level is not Level.OK:
                 for extra in (check.detail, f"fix: {check.remedy}" if check.remedy else ""):
                     if extra:
-                        click.echo(f"         {extra}")
+                        echo_safe(f"         {extra}")
         click.echo(f"preflight: {report.level.value}")
     if report.refused:
         sys.exit(EXIT_REFUSED)

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 
 from controller.cli.common import CliError, InfrastructureError, load_task_file
+from controller.cli.report import event_line, result_report
+from controller.display import make_console
 from controller.errors import InvalidTaskError, PolicyError, RepositoryError, TaskboxError
 from controller.runs import TaskRunner, new_run_id
-from controller.sandbox.docker import DockerBackend, DockerImages
+from controller.sandbox.engines import open_engine
 from controller.settings import get_settings
 
 if TYPE_CHECKING:
+    from controller.contract import TaskResult
     from controller.events import RunEvent
+    from controller.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def make_runner(settings: Settings) -> TaskRunner:
+    """The runner a ``taskbox run`` uses, on the engine the settings name."""
+    engine = open_engine(settings)
+    return TaskRunner(settings, engine.backend, engine.images)
 
 
 @click.command()
@@ -32,7 +45,12 @@ if TYPE_CHECKING:
 )
 @click.option("--policy", "policy_name", default=None, help="Policy name (default: the worker's).")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--json", "as_json", is_flag=True, help="Print only the result JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print only the result JSON (no live events, no report).",
+)
 def run(  # click passes every option by keyword
     *,
     task_file: Path,
@@ -45,6 +63,9 @@ def run(  # click passes every option by keyword
 ) -> None:
     """Run TASK_FILE against the repository DIR and put the checked commit on taskbox/<taskKey>.
 
+    Shows each stage as it happens (seconds since the start) on stderr, then a short
+    report: status, branch and commit, tests, the ten checks, missing context, the record.
+
     Exit status: 0 the task succeeded; 1 it ran but did not succeed (checks failed, timeout,
     output refused); 2 invalid input (task, policy, repository); 3 the infrastructure failed
     (no engine, no image, the sandbox left no result).
@@ -52,22 +73,25 @@ def run(  # click passes every option by keyword
     settings = get_settings()
     if runs_dir is not None:
         settings = settings.model_copy(update={"runs_dir": runs_dir.resolve()})
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     try:
         task = load_task_file(task_file)
     except InvalidTaskError as exc:
         raise CliError(str(exc)) from exc
     run_id = new_run_id(task.task_key)
+    started = datetime.now(UTC)
 
     def show(event: RunEvent) -> None:
-        if not as_json:
-            console.print(f"[dim]{event.stage:>15}[/]  {event.message}")
+        # Called from the sandbox's log-reading thread too: a display failure must not end it.
+        if as_json:
+            return
+        try:
+            console.print(event_line(event, started))
+        except Exception:
+            log.exception("cannot show an event")
 
     try:
-        runner = TaskRunner(
-            settings, DockerBackend.from_settings(settings), DockerImages.from_settings(settings)
-        )
-        result = runner.execute(
+        result = make_runner(settings).execute(
             run_id=run_id,
             task=task,
             repo=repo,
@@ -81,9 +105,15 @@ def run(  # click passes every option by keyword
         raise CliError(str(exc)) from exc
     except TaskboxError as exc:
         raise InfrastructureError(str(exc)) from exc
-    click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
-    if not as_json:
-        console.print(f"run record: {settings.runs_dir / run_id / 'record'}")
+    _finish(result, settings.runs_dir / run_id / "record", as_json=as_json)
+
+
+def _finish(result: TaskResult, record_dir: Path, *, as_json: bool) -> None:
+    """Print the result (JSON, or the report for people) and exit with the run's status."""
+    if as_json:
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
+    else:
+        make_console().print(result_report(result, record_dir))
     if result.status == "error":
         raise SystemExit(InfrastructureError.exit_code)
     if result.status != "succeeded":

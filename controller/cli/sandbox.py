@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from controller.cli.common import CliError, load_task_file
+from controller.cli.common import CliError, echo_safe, load_task_file
+from controller.display import escape_text
 from controller.errors import TaskboxError
-from controller.sandbox.docker import DockerBackend, DockerImages
+from controller.sandbox.engines import open_engine
 from controller.sandbox.task_sandbox import run_in_task_sandbox
 from controller.settings import get_settings
 
@@ -26,6 +27,10 @@ def sandbox() -> None:
 
 
 def _echo_log(text: str) -> None:
+    # A terminal gets the command's output escaped (it is the sandbox's text: no escape
+    # sequence, bidi override or carriage return reaches it); a pipe or file gets it as is.
+    if sys.stdout.isatty():
+        text = escape_text(text, multiline=True)
     sys.stdout.write(text)
     sys.stdout.flush()
 
@@ -66,14 +71,14 @@ def run(  # noqa: PLR0917 - click passes every option as a parameter
     extra_labels = dict(item.partition("=")[::2] for item in labels)
     try:
         task = load_task_file(task_file)
-        backend = DockerBackend.from_settings(settings)
+        engine = open_engine(settings)
         result = run_in_task_sandbox(
             task,
             repo=repo,
             base=base,
             command=list(command),
-            backend=backend,
-            images=DockerImages(backend.client),
+            backend=engine.backend,
+            images=engine.images,
             policies_dir=settings.policies_dir,
             policy_name=policy_name,
             runs_dir=settings.runs_dir,
@@ -85,7 +90,7 @@ def run(  # noqa: PLR0917 - click passes every option as a parameter
         raise CliError(str(exc)) from exc
     outcome = result.run.outcome
     for missing in result.plan.missing_context:
-        click.echo(f"taskbox: not mounted: {missing}", err=True)
+        echo_safe(f"taskbox: not mounted: {missing}", err=True)
     if outcome.log_truncated:
         click.echo("taskbox: output truncated at the policy's log cap", err=True)
     click.echo(
@@ -112,7 +117,7 @@ def cleanup(controller_id: str | None, dry_run: bool, as_json: bool) -> None:
     Run it while no controller is running tasks: it removes running sandboxes too.
     """
     try:
-        backend = DockerBackend.from_settings(get_settings())
+        backend = open_engine(get_settings()).backend
         found = (
             backend.find_orphans(controller_id)
             if dry_run
@@ -125,7 +130,7 @@ def cleanup(controller_id: str | None, dry_run: bool, as_json: bool) -> None:
         return
     verb = "would remove" if dry_run else "removed"
     for orphan in found:
-        click.echo(
+        echo_safe(
             f"{verb} {orphan.name} ({orphan.id[:12]}, {orphan.status or 'unknown'}; "
             f"run {orphan.run_id or '-'}, task {orphan.task_key or '-'}, controller {orphan.controller_id or '-'})"
         )

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from controller.api import create_app
 from controller.api.logs import configure_logging
 from controller.cli.common import CliError, describe_validation_error
+from controller.display import escape_log_handlers
 from controller.preflight import Level, run_preflight
 from controller.settings import Settings
 
@@ -107,6 +108,8 @@ def serve(host: str, port: int, log_format: str) -> None:
             "no API tokens configured: set TASKBOX_API_TOKENS='TOKEN=repo1,repo2;TOKEN2=*'"
         )
     configure_logging(cast("Literal['json', 'text']", log_format))
+    # The text format writes messages as they are; they quote tasks and sandboxes.
+    escape_log_handlers()
     if settings.executor_module == DOCKER_EXECUTOR:
         _preflight_or_refuse(settings)
     executor, probes = load_executor(settings)

@@ -1,9 +1,12 @@
 """The model gateway: the only way a sandbox reaches the model, over a Unix socket, with a run token.
 
 It swaps the run's token for the real credential (``anthropic`` upstream only),
-pins ``anthropic-version``, validates requests as the API does, allowlists
-models, caps ``max_tokens``, meters usage, enforces the run's budget and
-records every exchange. How the controller uses it for one run::
+pins ``anthropic-version``, forwards only an allowlist of fields, blocks,
+sources, headers and the policy's betas (invariant 12: nothing leaves through
+the provider), allowlists models, caps ``max_tokens``, meters every upstream
+call, enforces the run's budget, bounds bodies, requests in flight,
+connections and the transcript, and records every exchange. How the
+controller uses it for one run::
 
     from controller.gateway import GatewayThread, ModelGateway, make_upstream
 
@@ -22,11 +25,13 @@ From async code, ``async with serve_gateway(gateway, socket_path):`` serves in
 the running loop instead. Either way, leaving the block removes the socket and
 closes the upstream.
 
-Status codes the client sees: 400 invalid request (also: script or recording
-exhausted, replay mismatch; never retried), 401 bad token, 403 model not
-allowed or provider-side tool, 413 body over 32 MiB, 429 budget spent
-(``x-should-retry: false``), upstream errors after the gateway's own retries
-(``x-should-retry: false``), 500 gateway failure (no details in the body).
+Status codes the client sees: 400 invalid request or not on the allowlist
+(also: lone surrogate, script or recording exhausted, replay mismatch; never
+retried), 401 bad token, 403 model not allowed or provider-side tool, 413 body
+over the policy's ``model.max_body_bytes``, 429 budget spent or transcript full
+(``x-should-retry: false``), 429 too many requests in flight or connections
+(retryable, ``retry-after: 1``), upstream errors after the gateway's own
+retries (``x-should-retry: false``), 500 gateway failure (no details in the body).
 """
 
 from __future__ import annotations

@@ -1,38 +1,53 @@
 """The model gateway's HTTP surface: the Messages API, gated by a run's token, policy and budget.
 
-Order of checks on ``POST /v1/messages``: token (401), body size (413) and JSON
-(400), request validation (400, 403 for provider-side tools), model allowlist
-(403), budget (429, not retryable); then ``max_tokens`` is lowered to the cap
-and the upstream answers. Every authenticated exchange goes to the transcript.
+Order of checks on ``POST /v1/messages`` and ``/v1/messages/count_tokens``:
+token (401, not recorded); a free slot of the run's requests in flight (429,
+retryable); body size read against the policy's cap (413, before any parsing);
+headers and betas (400); JSON (400) without lone surrogates (400); request
+validation against the allowlist (400, 403 for provider-side tools); model
+allowlist (403); room in the transcript and the budget (429, not retryable).
+Only then is the call admitted: counted against the budget (``count_tokens``
+too), ``max_tokens`` lowered to the cap, and sent to the upstream. Every
+authenticated exchange goes to the transcript; one refused before admission
+is recorded as size, sha256 and reason, never its body.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from controller.errors import GatewayError
+from controller.gateway.limits import LogBucket, RateLimitedLogger, Slots
 from controller.gateway.metering import GatewayUsage, UsageMeter
 from controller.gateway.sse import MessageAssembler, SseEvent, error_event, message_to_events
 from controller.gateway.transcript import (
     ExchangeMeta,
     RecordedFrame,
     RecordedRequest,
+    Refusal,
     TranscriptEntry,
     TranscriptWriter,
 )
 from controller.gateway.upstreams.base import MessageReply, StreamReply, UpstreamCall
-from controller.gateway.validation import check_count_tokens_request, check_messages_request
-from controller.gateway.wire import MAX_BODY_BYTES, ApiError, error_type_for, new_id
+from controller.gateway.validation import (
+    RequestFacts,
+    check_count_tokens_request,
+    check_headers,
+    check_messages_request,
+)
+from controller.gateway.wire import ApiError, error_type_for, new_id
 from controller.settings import MIN_TOKEN_LENGTH
 
 if TYPE_CHECKING:
@@ -41,22 +56,31 @@ if TYPE_CHECKING:
 
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+    from controller.gateway.serve import ConnectionGuard
     from controller.gateway.upstreams.base import Upstream, UpstreamReply
     from controller.policy.schema import ModelBudget
 
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID_KEY = "taskbox.request_id"
+_SLOT_KEY = "taskbox.slot"
 _MESSAGES = "/v1/messages"
 _COUNT_TOKENS = "/v1/messages/count_tokens"
 _INTERNAL_ERROR = "internal gateway error"
+#: Digits a Content-Length may have before it is simply "too large" (int() of a huge string is slow).
+_MAX_LENGTH_DIGITS = 18
 
 
-class _RequestIdMiddleware:
-    """Gives every request an id and every response (errors and 404s too) a ``request-id`` header."""
+class _GatewayMiddleware:
+    """Gives every request an id and a ``request-id`` header, and takes a slot of the run's requests in flight.
 
-    def __init__(self, app: ASGIApp) -> None:
+    The slot is held until the whole answer is sent (a stream included) or the
+    client goes away; a request that finds none free is refused by its route.
+    """
+
+    def __init__(self, app: ASGIApp, slots: Slots) -> None:
         self._app = app
+        self._slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,13 +88,19 @@ class _RequestIdMiddleware:
             return
         request_id = new_id("req_")
         scope[_REQUEST_ID_KEY] = request_id
+        taken = self._slots.try_take()
+        scope[_SLOT_KEY] = taken
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 MutableHeaders(scope=message)["request-id"] = request_id
             await send(message)
 
-        await self._app(scope, receive, send_with_id)
+        try:
+            await self._app(scope, receive, send_with_id)
+        finally:
+            if taken:
+                self._slots.give_back()
 
 
 def _request_id(request: Request) -> str:
@@ -78,8 +108,11 @@ def _request_id(request: Request) -> str:
     return value if isinstance(value, str) else new_id("req_")
 
 
-def _error_response(request: Request, error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(_request_id(request)), error.status, headers=error.headers())
+def _error_response(request: Request, error: ApiError, *, close: bool = False) -> JSONResponse:
+    headers = error.headers()
+    if close:  # the body was not read: the connection cannot carry another request
+        headers["connection"] = "close"
+    return JSONResponse(error.body(_request_id(request)), error.status, headers=headers)
 
 
 def _betas(request: Request) -> list[str]:
@@ -118,6 +151,39 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(name)  # NaN and Infinity are not JSON; json.dumps would send them on as is
+
+
+def _parse(raw: bytes | bytearray) -> dict[str, Any]:
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
+        raise ApiError.invalid_request("There was an error parsing the body as JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError.invalid_request("body: Input should be a valid dictionary or object")
+    return body
+
+
+@dataclass
+class _Received:
+    """What arrived of a request body: its size and sha256, and whether it all arrived."""
+
+    size: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+    complete: bool = False
+    declared: int | None = None
+
+    def refusal(self, reason: str) -> Refusal:
+        return Refusal(
+            reason=reason,
+            body_bytes=self.size,
+            body_sha256=self.digest.hexdigest() if self.size or self.complete else None,
+            body_complete=self.complete,
+            declared_bytes=self.declared,
+        )
+
+
 @dataclass
 class _Exchange:
     """What the gateway knows of one exchange while it answers it."""
@@ -128,6 +194,9 @@ class _Exchange:
     turn: int | None = None
     sent_max_tokens: int | None = None
     upstream_request_id: str | None = None
+    admitted: bool = False
+    request_sha256: str | None = None
+    received: _Received = field(default_factory=_Received)
 
 
 class ModelGateway:
@@ -144,18 +213,29 @@ class ModelGateway:
         token: str,
         transcript: Path | None = None,
         *,
-        max_body_bytes: int = MAX_BODY_BYTES,
+        max_body_bytes: int | None = None,
     ) -> None:
         if len(token) < MIN_TOKEN_LENGTH:
             raise GatewayError(f"a run token must be at least {MIN_TOKEN_LENGTH} characters")
         self._upstream = upstream
         self._budget = budget
         self._token = token.encode()
-        self._max_body_bytes = max_body_bytes
+        self._max_body_bytes = max_body_bytes or budget.max_body_bytes
         self._meter = UsageMeter(budget)
-        self._transcript = TranscriptWriter(transcript) if transcript is not None else None
+        self._transcript = (
+            TranscriptWriter(transcript, budget.max_transcript_bytes)
+            if transcript is not None
+            else None
+        )
         self._seq = 0
-        self._app = _RequestIdMiddleware(self._build_app())
+        self.log_bucket = LogBucket()
+        """The gateway's budget of log lines; its server's connection logs draw on it too."""
+        self._log = RateLimitedLogger(logger, self.log_bucket)
+        self.slots = Slots(budget.max_requests_in_flight)
+        """The run's requests in flight."""
+        self.connections: ConnectionGuard | None = None
+        """The connection bounds of the server that serves this gateway (set by ``serve_gateway``)."""
+        self._app = _GatewayMiddleware(self._build_app(), self.slots)
 
     @property
     def app(self) -> ASGIApp:
@@ -165,7 +245,14 @@ class ModelGateway:
     @property
     def usage(self) -> GatewayUsage:
         """What the run has used so far."""
-        return self._meter.snapshot()
+        return self._meter.snapshot().model_copy(
+            update={"upstream_http_requests": self._upstream.http_requests}
+        )
+
+    @property
+    def budget(self) -> ModelBudget:
+        """The run's model budget and gateway limits."""
+        return self._budget
 
     @property
     def upstream(self) -> Upstream:
@@ -217,55 +304,112 @@ class ModelGateway:
                 f"(allowed: {', '.join(self._budget.allowed_models)})",
             )
 
-    async def _read_json(self, request: Request) -> dict[str, Any]:
+    async def _read_body(self, request: Request, received: _Received) -> bytearray:
+        """The body, read chunk by chunk and refused (413) the moment it passes the policy's cap."""
+        cap = self._max_body_bytes
         too_large = ApiError(
-            413, "request_too_large", "Request exceeds the maximum allowed number of bytes."
+            413,
+            "request_too_large",
+            f"Request exceeds the maximum allowed number of bytes ({cap}, policy "
+            "model.max_body_bytes).",
         )
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max_body_bytes:
-            raise too_large
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > self._max_body_bytes:
+        if declared.isdigit():
+            received.declared = int(declared) if len(declared) <= _MAX_LENGTH_DIGITS else cap + 1
+            if received.declared > cap:
                 raise too_large
+        raw = bytearray()
         try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
-            raise ApiError.invalid_request("There was an error parsing the body as JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError.invalid_request("body: Input should be a valid dictionary or object")
-        return body
+            async for chunk in request.stream():
+                received.size += len(chunk)
+                received.digest.update(chunk)
+                if received.size > cap:
+                    raise too_large
+                raw += chunk
+        except ClientDisconnect:  # e.g. closed by the idle timeout halfway through the body
+            raise ApiError.invalid_request("the connection closed before the body ended") from None
+        received.complete = True
+        return raw
+
+    async def _admissible(
+        self, request: Request, exchange: _Exchange, kind: Literal["messages", "count_tokens"]
+    ) -> tuple[dict[str, Any], RequestFacts]:
+        """Every check before admission, in order; raises the ``ApiError`` of the first that fails."""
+        if not request.scope.get(_SLOT_KEY):
+            raise ApiError(
+                429,
+                "rate_limit_error",
+                f"too many requests in flight for this run (at most "
+                f"{self._budget.max_requests_in_flight}, policy model.max_requests_in_flight); "
+                "wait for an answer before asking again",
+                should_retry=True,
+                retry_after=1,
+            )
+        raw = await self._read_body(request, exchange.received)
+        betas = _betas(request)
+        check_headers(request.headers.keys(), betas, self._budget.allowed_betas)
+        exchange.request.anthropic_beta = betas
+        body = _parse(raw)
+        del raw  # the parsed body is all that is kept
+        recorded = RecordedRequest.model_construct(
+            method="POST", path=exchange.request.path, anthropic_beta=betas, body=body
+        )
+        try:
+            exchange.request_sha256 = hashlib.sha256(recorded.canonical()).hexdigest()
+        except UnicodeEncodeError:
+            raise ApiError.invalid_request(
+                "The request body is not valid UTF-8: it holds a lone surrogate "
+                "(a \\uD800-\\uDFFF escape without its pair)"
+            ) from None
+        facts = (check_messages_request if kind == "messages" else check_count_tokens_request)(body)
+        self._check_model(facts.model)
+        if self._transcript is not None and not self._transcript.room_for(exchange.received.size):
+            self._exhaust_transcript()
+        exchange.turn = self._meter.admit(kind)
+        exchange.request = recorded
+        exchange.admitted = True
+        return body, facts
+
+    def _exhaust_transcript(self) -> None:
+        if self._meter.snapshot().exhausted_by is None:
+            logger.warning(
+                "the run's transcript %s reached its cap of %d bytes: the run's model budget is spent",
+                self.transcript,
+                self._budget.max_transcript_bytes,
+            )
+        self._meter.exhaust("transcript")
 
     # --- routes -----------------------------------------------------------
 
-    async def _messages(self, request: Request) -> Response:
+    def _start(self, request: Request, path: str) -> _Exchange | Response:
+        """Authenticate; the exchange to answer, or the 401 (never recorded: it is not the run's)."""
         try:
             self._authenticate(request)
         except ApiError as error:
-            logger.warning("refused an unauthenticated %s request", _MESSAGES)
-            return _error_response(request, error)
-        betas = _betas(request)
-        exchange = _Exchange(
-            _request_id(request), RecordedRequest(path=_MESSAGES, anthropic_beta=betas, body=None)
-        )
+            self._log.warning("refused an unauthenticated %s request", path)
+            return _error_response(request, error, close=True)
+        return _Exchange(_request_id(request), RecordedRequest(path=path, body=None))
+
+    async def _messages(self, request: Request) -> Response:
+        exchange = self._start(request, _MESSAGES)
+        if not isinstance(exchange, _Exchange):
+            return exchange
         try:
-            body = await self._read_json(request)
-            exchange.request = RecordedRequest(path=_MESSAGES, anthropic_beta=betas, body=body)
-            facts = check_messages_request(body)
-            self._check_model(facts.model)
-            exchange.turn = self._meter.admit()
+            body, facts = await self._admissible(request, exchange, "messages")
         except ApiError as error:
             self._meter.refuse()
             return self._answer_error(exchange, error)
         assert facts.max_tokens is not None  # noqa: S101 - check_messages_request requires it
+        assert exchange.turn is not None  # noqa: S101 - admit() numbers every message request
+        assert exchange.request_sha256 is not None  # noqa: S101 - set before admission
         exchange.sent_max_tokens = min(facts.max_tokens, self._budget.max_tokens_per_request)
+        # A shallow copy: only max_tokens changes, the content is shared, never copied.
         call = UpstreamCall(
             turn=exchange.turn,
             body={**body, "max_tokens": exchange.sent_max_tokens},
-            request_sha256=exchange.request.sha256(),
+            request_sha256=exchange.request_sha256,
             stream=facts.stream,
-            anthropic_beta=tuple(betas),
+            anthropic_beta=tuple(exchange.request.anthropic_beta),
         )
         try:
             reply = await self._upstream.create_message(call)
@@ -277,40 +421,35 @@ class ModelGateway:
             )
         except ApiError as error:
             return self._answer_error(exchange, error)
-        except Exception:
-            logger.exception("turn %s: the upstream %s failed", exchange.turn, self._upstream.name)
+        except Exception:  # noqa: BLE001 - logged with its trace (rate-limited), answered 500
+            self._log.exception(
+                "turn %s: the upstream %s failed", exchange.turn, self._upstream.name
+            )
             return self._answer_error(exchange, ApiError.final(500, _INTERNAL_ERROR, "api_error"))
         self._meter.charge(message.get("usage"))
         self._record(exchange, 200, response=message)
         return JSONResponse(message)
 
     async def _count_tokens(self, request: Request) -> Response:
+        exchange = self._start(request, _COUNT_TOKENS)
+        if not isinstance(exchange, _Exchange):
+            return exchange
         try:
-            self._authenticate(request)
-        except ApiError as error:
-            logger.warning("refused an unauthenticated %s request", _COUNT_TOKENS)
-            return _error_response(request, error)
-        betas = _betas(request)
-        exchange = _Exchange(
-            _request_id(request),
-            RecordedRequest(path=_COUNT_TOKENS, anthropic_beta=betas, body=None),
-        )
-        try:
-            body = await self._read_json(request)
-            exchange.request = RecordedRequest(path=_COUNT_TOKENS, anthropic_beta=betas, body=body)
-            facts = check_count_tokens_request(body)
-            self._check_model(facts.model)
+            body, _ = await self._admissible(request, exchange, "count_tokens")
         except ApiError as error:
             self._meter.refuse()
             return self._answer_error(exchange, error)
+        assert exchange.request_sha256 is not None  # noqa: S101 - set before admission
         try:
             count = await self._upstream.count_tokens(
-                body, request_sha256=exchange.request.sha256(), anthropic_beta=tuple(betas)
+                body,
+                request_sha256=exchange.request_sha256,
+                anthropic_beta=tuple(exchange.request.anthropic_beta),
             )
         except ApiError as error:
             return self._answer_error(exchange, error)
-        except Exception:
-            logger.exception("count_tokens: the upstream %s failed", self._upstream.name)
+        except Exception:  # noqa: BLE001 - logged with its trace (rate-limited), answered 500
+            self._log.exception("count_tokens: the upstream %s failed", self._upstream.name)
             return self._answer_error(exchange, ApiError.final(500, _INTERNAL_ERROR, "api_error"))
         answer = {"input_tokens": count}
         self._record(exchange, 200, response=answer)
@@ -358,15 +497,15 @@ class ModelGateway:
 
     async def _unexpected_exception(self, request: Request, exc: Exception) -> Response:
         # Never a stack trace in a body: the details go to the controller's log only.
-        logger.error("unexpected gateway failure: %s", type(exc).__name__, exc_info=exc)
+        self._log.error("unexpected gateway failure: %s", type(exc).__name__, exc_info=exc)
         return _error_response(request, ApiError.final(500, _INTERNAL_ERROR, "api_error"))
 
     # --- answers ----------------------------------------------------------
 
     def _answer_error(self, exchange: _Exchange, error: ApiError) -> JSONResponse:
         body = error.body(exchange.request_id)
-        self._record(exchange, error.status, response=body, headers=error.headers())
-        logger.info(
+        self._record(exchange, error.status, response=body, headers=error.headers(), error=error)
+        self._log.info(
             "%s turn %s: %d %s: %s",
             exchange.request.path,
             exchange.turn,
@@ -374,7 +513,10 @@ class ModelGateway:
             error.error_type,
             error.message,
         )
-        return JSONResponse(body, error.status, headers=error.headers())
+        headers = error.headers()
+        if not exchange.admitted and not exchange.received.complete:
+            headers["connection"] = "close"  # the body was not read to its end
+        return JSONResponse(body, error.status, headers=headers)
 
     def _stream(self, exchange: _Exchange, reply: UpstreamReply) -> StreamingResponse:
         events = (
@@ -417,7 +559,7 @@ class ModelGateway:
                         finish()
                     yield event.encode()
             except Exception as exc:  # noqa: BLE001 - any upstream failure ends the stream the same way
-                logger.warning(
+                self._log.warning(
                     "turn %s: upstream stream broke: %s", exchange.turn, type(exc).__name__
                 )
                 failure = error_event("api_error", "the model upstream's stream broke off")
@@ -441,21 +583,36 @@ class ModelGateway:
         response: dict[str, Any] | None,
         headers: dict[str, str] | None = None,
         frames: list[SseEvent] | None = None,
+        error: ApiError | None = None,
     ) -> None:
+        """Append the exchange to the transcript; one refused before admission without its body."""
         seq, self._seq = self._seq, self._seq + 1
         if self._transcript is None:
             return
-        entry = TranscriptEntry(
+        refusal = None
+        if not exchange.admitted:
+            reason = error.message if error is not None else "refused"
+            refusal = exchange.received.refusal(reason)
+            exchange.request = RecordedRequest(
+                path=exchange.request.path,
+                anthropic_beta=exchange.request.anthropic_beta,
+                body=None,
+            )
+        entry = TranscriptEntry.model_construct(
+            schema_version=1,
             seq=seq,
             turn=exchange.turn,
             request=exchange.request,
-            request_sha256=exchange.request.sha256(),
+            request_sha256=exchange.request_sha256
+            if exchange.admitted and exchange.request_sha256
+            else exchange.request.sha256(),
             status=status,
             response_headers=headers or {},
             response=response,
             frames=None
             if frames is None
             else [RecordedFrame(event=f.event, data=f.data) for f in frames],
+            refusal=refusal,
             meta=ExchangeMeta(
                 request_id=exchange.request_id,
                 upstream=self._upstream.name,
@@ -466,3 +623,5 @@ class ModelGateway:
             ),
         )
         self._transcript.append(entry)
+        if self._transcript.full:
+            self._exhaust_transcript()

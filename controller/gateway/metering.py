@@ -5,13 +5,15 @@ Tokens are charged from the ``usage`` the upstream reports (for a stream, from
 input the model read, cached or not, plus output: cache reads are cheaper in
 money but not in the volume of work the policy bounds. A request is admitted
 while the budget is not spent, so a run can overshoot its token budget by at
-most the answers already in flight.
+most the answers already in flight. Every call that reaches the upstream is
+admitted here, ``count_tokens`` as much as ``/v1/messages``; and the budget can
+be closed early (the transcript reached its cap), after which nothing is admitted.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,9 +31,15 @@ class GatewayUsage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     requests: int = 0
-    """``/v1/messages`` requests admitted and sent to the upstream."""
+    """Requests admitted and sent to the upstream, ``/v1/messages`` and ``count_tokens`` alike; what ``max_requests`` bounds."""
+    count_tokens_requests: int = 0
+    """Of ``requests``, those to ``/v1/messages/count_tokens``."""
+    upstream_http_requests: int = 0
+    """HTTP requests the ``anthropic`` upstream sent with the key, its own retries included (0 for scripted and replay)."""
     refused_requests: int = 0
     """Authenticated requests refused by validation, policy or budget."""
+    exhausted_by: str | None = None
+    """What closed the budget before its counts ran out, if anything did (``transcript``: it reached its cap)."""
     input_tokens: int = 0
     """Uncached input tokens."""
     output_tokens: int = 0
@@ -51,6 +59,11 @@ class GatewayUsage(BaseModel):
             + self.cache_read_input_tokens
         )
 
+    @property
+    def message_requests(self) -> int:
+        """``/v1/messages`` requests admitted: the run's model turns."""
+        return self.requests - self.count_tokens_requests
+
 
 class UsageMeter:
     """Counts a run's usage and admits requests while its budget lasts; safe across threads."""
@@ -65,10 +78,20 @@ class UsageMeter:
         with self._lock:
             return self._usage
 
-    def admit(self) -> int:
-        """Count one more model request and return its turn (from 1); 429 when the budget is spent."""
+    def admit(self, kind: Literal["messages", "count_tokens"] = "messages") -> int | None:
+        """Count one more upstream call; return its turn (from 1) for a message, ``None`` for a count.
+
+        Raises 429 (not retryable) when the budget is spent or closed.
+        """
         with self._lock:
             usage = self._usage
+            if usage.exhausted_by == "transcript":
+                raise ApiError.final(
+                    429,
+                    "run budget exhausted: the run's model transcript reached its size cap "
+                    f"({self._budget.max_transcript_bytes} bytes, policy "
+                    "model.max_transcript_bytes); this run cannot ask again",
+                )
             if usage.requests >= self._budget.max_requests:
                 raise ApiError.final(
                     429,
@@ -82,8 +105,16 @@ class UsageMeter:
                     f"{self._budget.max_total_tokens} tokens used (policy model.max_total_tokens); "
                     "this run cannot ask again",
                 )
-            self._usage = usage.model_copy(update={"requests": usage.requests + 1})
-            return self._usage.requests
+            counts = usage.count_tokens_requests + (kind == "count_tokens")
+            self._usage = usage.model_copy(
+                update={"requests": usage.requests + 1, "count_tokens_requests": counts}
+            )
+            return self._usage.message_requests if kind == "messages" else None
+
+    def exhaust(self, cause: Literal["transcript"]) -> None:
+        """Close the budget: every later ``admit`` is refused, naming ``cause``."""
+        with self._lock:
+            self._usage = self._usage.model_copy(update={"exhausted_by": cause})
 
     def refuse(self) -> None:
         """Count an authenticated request that was refused before reaching the upstream."""

@@ -4,27 +4,41 @@ The socket file is made mode 0o666 after bind: the sandbox's uid must be able
 to connect, and the per-run token, not the file mode, is what authenticates.
 Only the run's folder holds the socket, and the folder is mounted into one
 sandbox only.
+
+The HTTP protocol is uvicorn's h11 one with the run's connection bounds
+(invariant 12): at most ``model.max_connections`` open connections (one more
+is answered 429 and closed at once, before it is read), a connection that
+sends nothing for ``model.idle_timeout_seconds`` while the gateway waits for
+its request or body is closed, and every line logged per connection or per
+request draws on the gateway's rate-limited log budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
 import stat
 import threading
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from controller.errors import GatewayError
+from controller.gateway.limits import LogBucket, RateLimitedLogger
+from controller.gateway.wire import ApiError, new_id
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
     from types import TracebackType
+
+    from uvicorn.server import ServerState
 
     from controller.gateway.app import ModelGateway
     from controller.gateway.metering import GatewayUsage
@@ -36,6 +50,124 @@ MAX_SOCKET_PATH = 107
 SOCKET_MODE = 0o666
 #: Seconds open streams get to finish when the gateway stops; then they are cut.
 GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+class ConnectionGuard:
+    """One gateway's connection bounds and what they did; read ``refused`` and ``timed_out`` for tests."""
+
+    def __init__(self, max_connections: int, idle_timeout: float, bucket: LogBucket) -> None:
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.log = RateLimitedLogger(logger, bucket)
+        self.uvicorn_log = RateLimitedLogger(logging.getLogger("uvicorn.error"), bucket)
+        self.open = 0
+        """Connections open now."""
+        self.refused = 0
+        """Connections refused because ``max_connections`` were open."""
+        self.timed_out = 0
+        """Connections closed for sending nothing for ``idle_timeout`` seconds."""
+
+    def refusal(self) -> bytes:
+        """The whole HTTP answer to a connection over the cap: 429, retryable, then close."""
+        request_id = new_id("req_")
+        error = ApiError(
+            429,
+            "rate_limit_error",
+            f"too many open connections to this run's gateway (at most {self.max_connections}, "
+            "policy model.max_connections)",
+            should_retry=True,
+            retry_after=1,
+        )
+        body = json.dumps(error.body(request_id)).encode()
+        headers = {
+            "content-type": "application/json",
+            "content-length": str(len(body)),
+            "connection": "close",
+            "request-id": request_id,
+            **error.headers(),
+        }
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        return f"HTTP/1.1 429 Too Many Requests\r\n{head}\r\n".encode() + body
+
+
+class _GatewayConfig(uvicorn.Config):
+    """uvicorn's config plus the gateway's connection guard, which each connection's protocol reads."""
+
+    def __init__(self, guard: ConnectionGuard, **options: Any) -> None:
+        super().__init__(**options)
+        self.guard = guard
+
+
+class _GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a cap on open connections and an idle timeout."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        if not isinstance(config, _GatewayConfig):
+            raise GatewayError("the gateway protocol needs the gateway's config")
+        self._guard = config.guard
+        self.logger = self._guard.uvicorn_log
+        self._refused = False
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows it too
+        guard = self._guard
+        if guard.open >= guard.max_connections:
+            self._refused = True
+            guard.refused += 1
+            guard.log.warning(
+                "refused a connection to the gateway: %d are open (policy model.max_connections)",
+                guard.open,
+            )
+            transport.write(guard.refusal())
+            transport.close()
+            return
+        guard.open += 1
+        super().connection_made(transport)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self._guard.open -= 1
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._arm_idle()
+        super().data_received(data)
+
+    def _arm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self.loop.call_later(self._guard.idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._idle = None
+        if self.transport.is_closing():
+            return
+        # IDLE: no request (or only part of its head) yet; SEND_BODY: its body is still coming.
+        # Otherwise the gateway is answering, which may take the model minutes: not idle.
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
+            self._guard.timed_out += 1
+            self._guard.log.warning(
+                "closed a gateway connection that sent nothing for %s s "
+                "(policy model.idle_timeout_seconds)",
+                self._guard.idle_timeout,
+            )
+            self.transport.close()
+        else:
+            self._arm_idle()
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -97,8 +229,14 @@ async def serve_gateway(gateway: ModelGateway, socket_path: Path) -> AsyncIterat
     is removed and the gateway's upstream is closed; ``gateway.usage`` stays readable.
     """
     sock = _bind(socket_path)
-    config = uvicorn.Config(
-        gateway.app,
+    budget = gateway.budget
+    guard = ConnectionGuard(budget.max_connections, budget.idle_timeout_seconds, gateway.log_bucket)
+    gateway.connections = guard
+    config = _GatewayConfig(
+        guard,
+        app=gateway.app,
+        http=_GuardedH11Protocol,
+        ws="none",
         lifespan="off",
         log_config=None,  # the controller owns logging; uvicorn must not reconfigure it
         access_log=False,
@@ -121,7 +259,16 @@ async def serve_gateway(gateway: ModelGateway, socket_path: Path) -> AsyncIterat
         finally:
             _release(sock, socket_path)
             await gateway.aclose()
-            logger.info("model gateway on %s stopped: %s", socket_path, gateway.usage)
+            gateway.log_bucket.drain()
+            logger.info(
+                "model gateway on %s stopped: %s; connections refused %d, closed idle %d; "
+                "log lines dropped by the rate limit %d",
+                socket_path,
+                gateway.usage,
+                guard.refused,
+                guard.timed_out,
+                gateway.log_bucket.dropped,
+            )
 
 
 class GatewayThread:

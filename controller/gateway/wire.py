@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 #: one version means one set of validation rules and one wire format to record.
 PINNED_API_VERSION = "2026-10-21"
 
-#: The real API's request size limit for the Messages endpoint; bigger bodies get 413.
-MAX_BODY_BYTES = 32 * 1024 * 1024
-
 _ID_ALPHABET = string.ascii_letters + string.digits
 _ID_LENGTH = 24
 

@@ -2,9 +2,11 @@
 
 Read-only: the relevant files and the contract. Read-write: ``ownsPaths``.
 Refused: anything absolute, with ``..``, behind a symlink or a submodule,
-denied by a rule, or absent at the base commit, each with its reason. A
-refused relevant file becomes missing context; a refused owned path makes the
-task invalid. Deny beats allow everywhere.
+denied by a rule (also in the form Windows and macOS give a name: ``SECRETS./``
+is ``secrets/`` there), or absent at the base commit, each with its reason; an
+owned path also when other systems could not check it out under its name
+(``controller.pathnames``). A refused relevant file becomes missing context; a
+refused owned path makes the task invalid. Deny beats allow everywhere.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pathspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.gitrepo import MODE_EXECUTABLE, MODE_GITLINK, MODE_SYMLINK, TreeEntry
+from controller.pathnames import fold, path_key, unportable_path_reason
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -161,17 +164,26 @@ class MountPlanner:
         self._rules = [
             (rule, pathspec.PathSpec.from_lines("gitignore", [rule])) for rule in policy.deny
         ]
+        # The same rules as a case-insensitive checkout reads them, for the folded paths.
+        self._folded_rules = [
+            (rule, pathspec.PathSpec.from_lines("gitignore", [fold(rule)])) for rule in policy.deny
+        ]
         self._dirs = {a for p in tree for a in _ancestors(p)}
 
     def denied_by(self, path: str, *, is_dir: bool = False) -> str | None:
         """The first deny rule that matches ``path`` or one of its folders, or None."""
         candidates = [*(a + "/" for a in _ancestors(path)), path + ("/" if is_dir else "")]
-        # Rules match case-sensitively, but checkouts on macOS and Windows do not: a
-        # '.ENV' there is the '.env' a rule denies, so the case-folded path is checked too.
-        candidates += [c.casefold() for c in candidates if c.casefold() != c]
         for candidate in candidates:
             for rule, spec in self._rules:
                 if spec.match_file(candidate):
+                    return rule
+        # Rules match case-sensitively, but checkouts on Windows and macOS do not: there
+        # '.ENV', 'SECRETS./' and 'secrets /' are the '.env' and 'secrets/' a rule denies.
+        # So the checkout key of each candidate is matched against the folded rules too.
+        for candidate in candidates:
+            key = path_key(candidate)
+            for rule, spec in self._folded_rules:
+                if spec.match_file(key):
                     return rule
         return None
 
@@ -273,6 +285,12 @@ class _PlanBuilder:
         blocked = self._planner.blocked(path, is_dir=True)
         if blocked is not None:
             self._refuse(raw, Role.OWNS, *blocked)
+            return
+        # Whatever the sandbox writes here lands in a commit that Windows and macOS users
+        # check out: a name they cannot (or that means another file there) is refused.
+        unportable = unportable_path_reason(path)
+        if unportable is not None:
+            self._refuse(raw, Role.OWNS, RefusalReason.INVALID, unportable)
             return
         conflict = self._owned_conflict(path)
         if conflict is not None:

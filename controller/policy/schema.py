@@ -107,6 +107,20 @@ class ModelBudget(_PolicyModel):
     """Model requests the whole run may make."""
     max_rounds: int = Field(gt=0, le=100)
     """Verify rounds: how many times the checks may fail and go back to the model."""
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)
+    """Largest request body the gateway reads, in bytes; a bigger one gets 413 before it is parsed."""
+    max_requests_in_flight: int = Field(default=2, ge=1, le=16)
+    """Requests of the run the gateway handles at once; one more is refused with a retryable 429."""
+    max_connections: int = Field(default=8, ge=1, le=256)
+    """Open connections to the run's gateway socket; one more is answered 429 and closed at once."""
+    idle_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """Seconds a connection may send nothing while the gateway waits for a request or its body; then it is closed."""
+    max_transcript_bytes: int = Field(default=128 * 1024 * 1024, ge=65_536, le=4 * 1024**3)
+    """Size cap of the run's model transcript; when it is reached the run's model budget is spent."""
+    allowed_betas: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]] = (
+        Field(default_factory=list, max_length=16)
+    )
+    """``anthropic-beta`` flags the gateway forwards; any other flag is refused with 400 (none by default)."""
 
     @model_validator(mode="after")
     def _default_allowed(self) -> ModelBudget:

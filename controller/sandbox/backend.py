@@ -31,6 +31,33 @@ EXIT_SIGKILL = 137
 #: What ``wait`` keeps of the log for the outcome (the stream itself is capped by the spec).
 LOG_TAIL_BYTES = 64 * 1024
 
+#: The container settings (``ContainerSpec`` field names) every backend must enforce: the
+#: security invariants of shared/design.md rest on them (uid, mounts, no network, no
+#: capabilities, no-new-privileges, the limits, the deadline, the labels that find orphans).
+#: Preflight refuses a backend whose ``enforces`` lacks one; the conformance suite
+#: (``controller/sandbox/conformance.py``) checks each on a real sandbox.
+MANDATORY_SETTINGS: frozenset[str] = frozenset(
+    {
+        "user",
+        "environment",
+        "labels",
+        "mounts",
+        "tmpfs",
+        "read_only_root",
+        "network_disabled",
+        "cap_drop",
+        "security_opt",
+        "privileged",
+        "memory_bytes",
+        "memory_swap_bytes",
+        "nano_cpus",
+        "pids_limit",
+        "ulimits",
+        "log_max_bytes",
+        "wall_clock_seconds",
+    }
+)
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -120,11 +147,27 @@ class SandboxRun(_Model):
     outcome: SandboxOutcome
     output: CollectedOutput
     inspect: dict[str, Any]
-    """The container's configuration as the engine reported it right after start."""
+    """The container's configuration as the engine reported it right after create."""
+    cancelled: bool = False
+    """The run was cancelled and the container removed before it ended by itself."""
 
 
 class SandboxBackend(Protocol):
-    """One sandbox at a time per call; implementations must be safe to use from several threads."""
+    """One sandbox at a time per call; implementations must be safe to use from several threads.
+
+    The steps only: the lifecycle that strings them together (deadline, cancel,
+    collection, removal in every case) is written once, in ``lifecycle.run_sandbox``.
+    """
+
+    @property
+    def enforces(self) -> frozenset[str]:
+        """The ``ContainerSpec`` settings this backend really applies to every sandbox.
+
+        A declaration, checked twice: preflight refuses a backend that lacks one of
+        :data:`MANDATORY_SETTINGS`, and the conformance suite verifies every declared
+        setting it has a check for on a real sandbox.
+        """
+        ...
 
     def create(self, spec: ContainerSpec) -> SandboxHandle:
         """Create (not start) the sandbox exactly as ``spec`` says.
@@ -170,16 +213,6 @@ class SandboxBackend(Protocol):
 
     def remove(self, handle: SandboxHandle) -> None:
         """Kill if needed and remove the sandbox; removing a gone sandbox is not an error."""
-        ...
-
-    def run(
-        self,
-        spec: ContainerSpec,
-        *,
-        collect: Mapping[str, int] | None = None,
-        on_log: Callable[[str], None] | None = None,
-    ) -> SandboxRun:
-        """Create, start, wait (with the spec's deadline), collect, and remove in every case."""
         ...
 
     def find_orphans(self, controller_id: str | None = None) -> list[OrphanContainer]:

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import codecs
 import logging
-import os
-import stat
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import docker
@@ -32,8 +29,8 @@ from controller.sandbox.backend import (
     OrphanContainer,
     SandboxHandle,
     SandboxOutcome,
-    SandboxRun,
 )
+from controller.sandbox.output import read_output_files
 from controller.sandbox.spec import (
     LABEL_CONTROLLER,
     LABEL_MANAGED,
@@ -119,108 +116,6 @@ def docker_client(settings: Settings) -> docker.DockerClient:
         raise SandboxError(
             f"cannot reach the Docker engine: {exc} (is dockerd running? try scripts/ensure-docker)"
         ) from exc
-
-
-# --- output collection -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Refused:
-    reason: str
-
-
-def _kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISLNK, "a symbolic link"),
-    )
-    return next((text for test, text in kinds if test(mode)), "not a regular file")
-
-
-def _check_regular(st: os.stat_result, cap: int) -> _Refused | None:
-    if not stat.S_ISREG(st.st_mode):
-        return _Refused(f"is {_kind(st.st_mode)}, not a regular file")
-    if st.st_nlink != 1:
-        return _Refused(f"has {st.st_nlink} hard links; only a file with one link is accepted")
-    if st.st_size > cap:
-        return _Refused(f"is {st.st_size} bytes, over the cap of {cap}")
-    return None
-
-
-def _read_one(dir_fd: int, name: str, cap: int) -> bytes | _Refused | None:  # noqa: PLR0911 - one return per refusal reads best
-    """One file of the out folder: its bytes, a refusal, or None when absent."""
-    try:
-        before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    refused = _check_regular(before, cap)
-    if refused is not None:
-        return refused
-    # O_NOFOLLOW: a link swapped in after the lstat fails with ELOOP; O_NONBLOCK: a FIFO
-    # swapped in cannot block the open; the fstat below then refuses it.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-    try:
-        fd = os.open(name, flags, dir_fd=dir_fd)
-    except OSError as exc:
-        return _Refused(f"cannot be opened without following links: {exc.strerror}")
-    try:
-        after = os.fstat(fd)
-        if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
-            return _Refused("was replaced while being opened")
-        refused = _check_regular(after, cap)
-        if refused is not None:
-            return refused
-        chunks: list[bytes] = []
-        remaining = cap + 1  # one byte more than allowed tells a file that grew
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > cap:
-            return _Refused(f"grew past the cap of {cap} bytes while being read")
-        return data
-    finally:
-        os.close(fd)
-
-
-def read_output_files(out_dir: Path, caps: Mapping[str, int]) -> CollectedOutput:
-    """Read ``caps``' files (name -> size cap) from ``out_dir`` without following any link.
-
-    The folder is opened with ``O_DIRECTORY|O_NOFOLLOW`` and each file relative to it,
-    so neither the folder nor a file can redirect the read. Only regular files with
-    one link and within their cap are accepted; everything else is refused with a
-    reason. Call it only after the sandbox has stopped.
-    """
-    for name in caps:
-        if not name or "/" in name or name in (".", ".."):
-            raise ValueError(f"{name!r} is not a plain file name")
-    files: dict[str, bytes] = {}
-    refused: dict[str, str] = {}
-    missing: list[str] = []
-    try:
-        dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SandboxError(f"cannot open the output folder {out_dir}: {exc.strerror}") from exc
-    try:
-        for name, cap in caps.items():
-            result = _read_one(dir_fd, name, cap)
-            if result is None:
-                missing.append(name)
-            elif isinstance(result, _Refused):
-                refused[name] = result.reason
-                log.warning("output file %s refused: %s", name, result.reason)
-            else:
-                files[name] = result
-    finally:
-        os.close(dir_fd)
-    return CollectedOutput(files=files, refused=refused, missing=missing)
 
 
 # --- the backend ---------------------------------------------------------------------------
@@ -309,6 +204,34 @@ class _LogPump:
 
 class DockerBackend:
     """Runs sandboxes on one Docker engine; see :class:`SandboxBackend` for the contract."""
+
+    #: Every setting of a ContainerSpec: ``create_kwargs`` hands each to the engine, the wall
+    #: clock and the log cap are enforced in ``wait``; the conformance suite checks them.
+    enforces: frozenset[str] = frozenset(
+        {
+            "user",
+            "working_dir",
+            "environment",
+            "labels",
+            "mounts",
+            "tmpfs",
+            "read_only_root",
+            "network_disabled",
+            "cap_drop",
+            "security_opt",
+            "privileged",
+            "memory_bytes",
+            "memory_swap_bytes",
+            "nano_cpus",
+            "pids_limit",
+            "shm_bytes",
+            "ulimits",
+            "init",
+            "ipc_mode",
+            "log_max_bytes",
+            "wall_clock_seconds",
+        }
+    )
 
     def __init__(self, client: docker.DockerClient) -> None:
         self._client = client
@@ -491,31 +414,6 @@ class DockerBackend:
             return
         except DockerException as exc:
             raise SandboxError(f"cannot remove {handle.name}: {exc}") from exc
-
-    def run(
-        self,
-        spec: ContainerSpec,
-        *,
-        collect: Mapping[str, int] | None = None,
-        on_log: Callable[[str], None] | None = None,
-    ) -> SandboxRun:
-        """Create, start, wait with the spec's deadline, collect, and remove in every case."""
-        handle = self.create(spec)
-        try:
-            # The inspect right after create is the record of what the sandbox really got.
-            inspected = self.inspect(handle)
-            self.start(handle)
-            outcome = self.wait(handle, timeout_seconds=spec.wall_clock_seconds, on_log=on_log)
-            output = self.collect(handle, collect) if collect else CollectedOutput()
-        finally:
-            self.remove(handle)
-        return SandboxRun(
-            handle=handle,
-            image_id=str(inspected.get("Image", "")),
-            outcome=outcome,
-            output=output,
-            inspect=inspected,
-        )
 
     def find_orphans(self, controller_id: str | None = None) -> list[OrphanContainer]:
         """Every container labelled ``org.taskbox.managed=1`` (of one controller if given)."""

@@ -31,6 +31,12 @@ LABEL_RUN = "org.taskbox.run"
 LABEL_TASK = "org.taskbox.task"
 LABEL_POLICY = "org.taskbox.policy-digest"
 LABEL_CONTROLLER = "org.taskbox.controller"
+LABEL_PHASE = "org.taskbox.phase"
+
+#: The containers of one task: the agent's, then the judge's static and test phases.
+PHASE_AGENT = "agent"
+PHASE_JUDGE_STATIC = "judge-static"
+PHASE_JUDGE_TESTS = "judge-tests"
 
 #: The sandbox's environment: no secret, nothing from the host's environment.
 SANDBOX_ENV: dict[str, str] = {
@@ -135,7 +141,16 @@ class StagingPaths(BaseModel):
     work: Path
     out: Path
     taskbox: Path
-    gateway: Path
+    gateway: Path | None
+    """The gateway socket's folder; None for a sandbox with no model behind it (the judge)."""
+    extra_read_only: dict[str, Path] = Field(default_factory=dict)
+    """More folders mounted read-only, by target (the judge's ``/base`` and ``/f2p`` trees)."""
+
+    def gateway_socket(self) -> Path:
+        """Where the gateway listens for this sandbox; only staging with a gateway has one."""
+        if self.gateway is None:
+            raise ValueError(f"the staging at {self.root} has no gateway folder")
+        return self.gateway / "gateway.sock"
 
     @classmethod
     def under(cls, root: Path) -> StagingPaths:
@@ -158,28 +173,43 @@ def build_container_spec(
     run_id: str,
     command: list[str],
     controller_id: str = "taskbox",
+    phase: str = PHASE_AGENT,
+    owned_writable: bool = True,
 ) -> ContainerSpec:
-    """The hardened settings of one sandbox: the plan's mounts and the policy's limits, nothing else."""
+    """The hardened settings of one sandbox: the plan's mounts and the policy's limits, nothing else.
+
+    ``phase`` names the container (``taskbox-<run id>`` for the agent,
+    ``taskbox-<run id>-<phase>`` for the judge's) and labels it; ``owned_writable``
+    False mounts the owned paths read-only too (the judge's static phase writes nothing).
+    """
     limits = policy.limits
     # The whole staged tree is read-only; each owned path is mounted writable on top of it.
     # Only planned files were staged, so nothing else of the repository exists inside.
     mounts = [BindMount(source=staging.work, target=WORKDIR, read_only=True)]
+    if owned_writable:
+        mounts += [
+            BindMount(
+                source=staging.work / entry.path,
+                target=f"{WORKDIR}/{entry.path}",
+                read_only=False,
+            )
+            for entry in plan.read_write
+        ]
     mounts += [
-        BindMount(
-            source=staging.work / entry.path, target=f"{WORKDIR}/{entry.path}", read_only=False
-        )
-        for entry in plan.read_write
+        BindMount(source=source, target=target, read_only=True)
+        for target, source in sorted(staging.extra_read_only.items())
     ]
     mounts += [
         BindMount(source=staging.out, target=OUTDIR, read_only=False),
         BindMount(source=staging.taskbox, target=TASKBOX_DIR, read_only=True),
-        # Read-only is enough to connect(): the gateway's per-run token is the credential.
-        BindMount(source=staging.gateway, target=GATEWAY_DIR, read_only=True),
     ]
+    if staging.gateway is not None:
+        # Read-only is enough to connect(): the gateway's per-run token is the credential.
+        mounts.append(BindMount(source=staging.gateway, target=GATEWAY_DIR, read_only=True))
     memory = limits.memory_mb * MIB
     file_size = limits.file_size_mb * MIB
     return ContainerSpec(
-        name=f"taskbox-{run_id}",
+        name=f"taskbox-{run_id}" if phase == PHASE_AGENT else f"taskbox-{run_id}-{phase}",
         image=image,
         command=command,
         user=f"{policy.uid}:{policy.gid}",
@@ -190,6 +220,7 @@ def build_container_spec(
             LABEL_TASK: plan.task_key,
             LABEL_POLICY: plan.policy_digest,
             LABEL_CONTROLLER: controller_id,
+            LABEL_PHASE: phase,
         },
         mounts=mounts,
         tmpfs=[

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, SecretStr
 from taskbox_runner.config import RunBudget, RunConfig
 
+from controller.admission import admit
 from controller.errors import InvalidTaskError
-from controller.gitrepo import MODE_EXECUTABLE, ensure_repository, list_tree, resolve_commit
-from controller.image import image_for_repo
-from controller.policy.loader import effective_policy, policy_for_worker
-from controller.policy.planner import MountPlan, plan_mounts
+from controller.gitrepo import MODE_EXECUTABLE
+from controller.policy.planner import MountPlan
 from controller.sandbox.backend import SandboxRun
+from controller.sandbox.lifecycle import run_sandbox
 from controller.sandbox.spec import build_container_spec
 from controller.staging import remove_staging, stage_run
 
@@ -86,27 +86,6 @@ def run_config_for(
     )
 
 
-def plan_task(
-    task: Task, *, repo: Path, base: str, policies_dir: Path, policy_name: str | None
-) -> tuple[Path, str, Policy, MountPlan]:
-    """Resolve the repository and base commit, pick the effective policy, plan the mounts.
-
-    Raises InvalidTaskError (with every reason) when an owned path is refused.
-    """
-    top = ensure_repository(repo)
-    commit = resolve_commit(top, base)
-    policy = effective_policy(
-        policy_for_worker(policies_dir, task.worker, policy_name), task.resources
-    )
-    plan = plan_mounts(task, list_tree(top, commit), policy, commit)
-    if plan.invalid_reasons:
-        raise InvalidTaskError(
-            "the task's plan is invalid: "
-            + "; ".join(f"owned path {r}" for r in plan.invalid_reasons)
-        )
-    return top, commit, policy, plan
-
-
 def run_in_task_sandbox(
     task: Task,
     *,
@@ -137,10 +116,15 @@ def run_in_task_sandbox(
     labels = dict(extra_labels or {})
     if any(key.startswith(RESERVED_LABEL_PREFIX) for key in labels):
         raise InvalidTaskError(f"labels starting with {RESERVED_LABEL_PREFIX!r} are reserved")
-    top, commit, policy, plan = plan_task(
-        task, repo=repo, base=base, policies_dir=policies_dir, policy_name=policy_name
+    admission = admit(
+        task,
+        repo=repo,
+        base_ref=base,
+        policies_dir=policies_dir,
+        policy_name=policy_name,
+        images=images,
     )
-    image = (image_for_repo(top, commit, engine=images) if images else None) or policy.image
+    top, policy, plan, image = admission.repo, admission.policy, admission.plan, admission.image
     run_id = f"sbx-{secrets.token_hex(6)}"
     root = runs_dir / run_id
     try:
@@ -164,7 +148,7 @@ def run_in_task_sandbox(
         if labels:
             spec = spec.model_copy(update={"labels": {**spec.labels, **labels}})
         log.info("running %s in sandbox %s (image %s)", command[0], spec.name, image)
-        run = backend.run(spec, collect=collect, on_log=on_log)
+        run = run_sandbox(backend, spec, collect=collect, on_log=on_log)
     finally:
         if not keep:
             try:

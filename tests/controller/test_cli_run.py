@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,34 @@ def test_succeeded_exits_0_and_failed_exits_1(tmp_path: Path, repo: Path) -> Non
     )
     assert code == 1
     assert json.loads(output)["status"] == "failed"
+
+
+@pytest.mark.docker
+def test_human_report_of_a_real_run(tmp_path: Path, repo: Path) -> None:
+    """Without --json a real run shows timed stages and ends with the report; every recorded event has its time."""
+    code, output = invoke(
+        tmp_path,
+        str(EXAMPLES / "task-greetings.json"),
+        "--repo",
+        str(repo),
+        "--model",
+        f"scripted:{EXAMPLES / 'greetings.script.jsonl'}",
+        env={"COLUMNS": "200"},
+    )
+    assert code == 0, output
+    lines = output.splitlines()
+    assert any(
+        re.fullmatch(r"\[\s+\d+\.\ds\]\s+admitted  task BE-101 admitted .*", ln) for ln in lines
+    )
+    assert "status    succeeded  task BE-101" in output
+    (record,) = (tmp_path / "runs").glob("BE-101-*/record")
+    result = json.loads((record / "result.json").read_text())
+    assert f"branch    taskbox/BE-101 at {result['git_commit']}" in output
+    assert "10 of 10 checks pass" in output
+    assert f"record    {record}" in output
+    assert '"test_results"' not in output
+    events = [json.loads(line) for line in (record / "events.jsonl").read_text().splitlines()]
+    times = [datetime.fromisoformat(event["at"]) for event in events]
+    assert all(t.tzinfo is not None for t in times)
+    assert times == sorted(times)
+    assert events[-1]["stage"] == "finished"

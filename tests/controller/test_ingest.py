@@ -18,6 +18,9 @@ from controller.ingest import BUNDLE_REF, CommitIdentity, IngestedResult, ingest
 from controller.policy.loader import load_policy
 from controller.policy.planner import MountPlan, plan_mounts
 from controller.policy.schema import Ingestion, Limits, Policy
+from tests import packforge
+from tests.claim_judge import claim_judge
+from tests.packforge import GIB, Entry, delta_bomb_entries, pack, repository_objects
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -242,6 +245,8 @@ class World:
             "workspace": self.workspace,
             "identity": IDENTITY,
             "commit_date": WHEN,
+            "subject": SUBJECT,
+            "judge": claim_judge,
         }
         arguments.update(overrides)
         return ingest(**arguments)
@@ -327,7 +332,7 @@ def test_happy_path_writes_the_commit_on_the_real_base(world: World) -> None:
 
 
 def test_runner_fields_are_kept_and_missing_context_merged(world: World) -> None:
-    """Summary and test counts are kept, escapes stripped, and the plan's refusals reported as missing context."""
+    """The agent's summary is kept as its claim, escapes stripped; the plan's refusals are missing context."""
     box = world.sandbox()
     box.write("app/users.py", "x = 1\n")
     box.commit()
@@ -337,7 +342,9 @@ def test_runner_fields_are_kept_and_missing_context_merged(world: World) -> None
 
     done = world.ingest(box.bundle(), result)
 
-    assert done.result.summary == "done [31mred[0m"
+    assert done.result.agent is not None
+    assert done.result.agent.summary == "done [31mred[0m"
+    assert done.result.summary.startswith("judge: ")
     assert done.result.test_results.passed == 3
     assert done.result.missing_context[-1] == "app/models.py — needed"
     assert any(item.startswith("docs/absent.md") for item in done.result.missing_context)
@@ -423,7 +430,7 @@ def test_base_only_bundle_means_no_change(world: World) -> None:
     done = world.ingest(box.bundle())
 
     assert done.result.status == "failed"
-    assert done.result.reason == "the runner reported success, but it committed no change"
+    assert done.result.reason == "the sandbox committed no change"
     assert done.branch is None
     assert done.result.git_commit is None
     assert done.result.files_created == done.result.files_modified == []
@@ -467,27 +474,26 @@ def test_failed_constraints_and_tests_downgrade_success(world: World) -> None:
     done = world.ingest(box.bundle(), result)
 
     assert done.result.status == "failed"
-    assert (
-        done.result.reason
-        == "the runner reported success, but constraint(s) 4 did not pass; 1 test(s) failed"
-    )
+    assert done.result.reason == "the claimed checks failed"
     assert done.branch is None
+    assert done.result.git_commit is None
+    assert done.candidate_commit is not None  # judged, written to the objects, on no branch
     assert done.result.files_created == ["app/users.py"]  # still recomputed from the checked diff
-    assert snapshot(world.target) == before
+    refs, _objects, head, status = snapshot(world.target)
+    assert (refs, head, status) == (before[0], before[2], before[3])
 
 
-def test_failed_run_keeps_its_status_and_reason(world: World) -> None:
-    """A run the runner itself reports as timed out keeps that status and gets no branch."""
+def test_status_claimed_by_the_sandbox_is_reported_as_its_claim(world: World) -> None:
+    """Only the controller sets 'timeout': a sandbox that claims it is failed, its words quoted."""
     box = world.sandbox()
     box.write("app/users.py", "x = 1\n")
     box.commit()
 
     done = world.ingest(box.bundle(), runner_result(status="timeout", reason="budget spent"))
 
-    assert (done.result.status, done.result.reason, done.branch) == (
-        "timeout",
-        "budget spent",
-        None,
+    assert (done.result.status, done.branch) == ("failed", None)
+    assert done.result.reason == (
+        "the judge's checks passed, but reported by the sandbox: timeout: budget spent"
     )
 
 
@@ -525,8 +531,8 @@ def test_executable_allowed_by_policy(world: World, policy: Policy) -> None:
     assert list_tree(world.target, done.result.git_commit or "")["app/tool.sh"].mode == "100755"
 
 
-def test_commit_body_is_dropped(world: World) -> None:
-    """Only the subject line is kept: a body could forge trailers such as Signed-off-by."""
+def test_commit_message_is_the_hosts_subject(world: World) -> None:
+    """The sandbox's message is never read: a body forging trailers does not reach the commit."""
     box = world.sandbox()
     box.write("app/users.py", "x = 1\n")
     box.commit(f"{SUBJECT}\n\nSigned-off-by: Someone Else <else@example.invalid>\n")
@@ -906,19 +912,33 @@ def test_hostile_repository_config_is_never_read(world: World) -> None:
     [
         "add users",
         "feat(users): add users [BE-999]",
-        "fix(users): add users [BE-123]",
+        "feat(users): add users [skip ci] [BE-123]",
         "feat(users): add \x1b[31musers [BE-123]",
         "feat(users):  [BE-123]",
         f"feat(users): {'x' * 300} [BE-123]",
     ],
-    ids=["free-form", "other-key", "other-type", "escape", "empty-description", "too-long"],
+    ids=["free-form", "other-key", "skip-ci", "escape", "empty-description", "too-long"],
 )
-def test_commit_message_not_of_the_seed_form_is_refused(world: World, message: str) -> None:
-    """A subject that is not 'feat(<scope>): <description> [<taskKey>]' is refused."""
+def test_sandbox_commit_message_never_reaches_the_commit(world: World, message: str) -> None:
+    """Whatever the sandbox's work commit says, the landed commit's message is the host's subject."""
     box = world.sandbox()
     box.write("app/users.py", "x = 1\n")
     box.commit(message)
-    world.assert_refused("commit_message", lambda: world.ingest(box.bundle()))
+
+    done = world.ingest(box.bundle())
+
+    assert done.result.status == "succeeded"
+    assert git(world.target, "log", "-1", "--format=%B", done.result.git_commit or "") == SUBJECT
+
+
+def test_subject_that_is_not_one_clean_line_is_a_callers_bug(world: World) -> None:
+    """A subject with a newline or an escape is refused before anything is read or written."""
+    box = world.sandbox()
+    box.write("app/users.py", "x = 1\n")
+    box.commit()
+    for subject in (f"{SUBJECT}\nSigned-off-by: x", "feat(a): \x1b[2J [BE-123]", ""):
+        with pytest.raises(ValueError, match="one clean line"):
+            world.ingest(box.bundle(), subject=subject)
 
 
 # --------------------------------------------------------------------------- hostile result.json
@@ -1088,3 +1108,150 @@ def test_naive_commit_date_is_rejected_before_any_work(world: World) -> None:
     with pytest.raises(ValueError, match="time zone"):
         world.ingest(None, commit_date=datetime(2025, 1, 1))  # noqa: DTZ001 - the naive date is the point
     assert snapshot(world.target) == before
+
+
+# --------------------------------------------------------------------------- delta bombs and host memory
+
+
+def hand_bundle(box: Sandbox, extra: list[Entry] | None = None) -> bytes:
+    """The sandbox's objects in a pack written by hand (``extra`` entries first), as a v2 bundle."""
+    objects = repository_objects(box.root / ".git", SANDBOX_ENV)
+    return packforge.bundle(git(box.root, "rev-parse", "HEAD"), pack([*(extra or []), *objects]))
+
+
+def test_a_hand_written_bundle_is_accepted(world: World) -> None:
+    """The control: a pack written by hand, as a sandbox may, passes the pack walk and lands."""
+    box = world.sandbox()
+    box.write("app/users.py", "USERS: list[str] = []\n")
+    box.commit()
+
+    done = world.ingest(hand_bundle(box))
+
+    assert done.result.status == "succeeded"
+    assert done.result.files_created == ["app/users.py"]
+
+
+def test_a_delta_bomb_is_refused_before_host_git_reads_the_bundle(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 17 KB-class bundle whose delta rebuilds 1.5 GiB is refused on the delta's header; no git command sees it."""
+    box = world.sandbox()
+    box.write("app/users.py", "x = 1\n")
+    box.commit()
+    bomb = hand_bundle(box, delta_bomb_entries(result_size=3 * GIB // 2))
+    assert len(bomb) < 20_000
+    commands: list[str] = []
+    real_run_git = ingest_module._run_git
+
+    def spy(prefix: Any, args: Any, **kwargs: Any) -> Any:
+        commands.append(args[0])
+        return real_run_git(prefix, args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "_run_git", spy)
+
+    error = world.assert_refused("file_too_large", lambda: world.ingest(bomb))
+
+    assert "delta rebuilds" in str(error)
+    assert str(3 * GIB // 2) in str(error)
+    assert not {"init", "bundle", "fetch", "index-pack", "fsck"} & set(commands)
+
+
+def test_a_delta_result_over_the_policys_file_limit_is_refused(
+    world: World, policy: Policy
+) -> None:
+    """The cap is the policy's file limit: a 2 MiB delta result under a 1 MiB limit is refused, unreferenced or not."""
+    limits = Limits(**{**policy.limits.model_dump(), "file_size_mb": 1})
+    world.with_policy(policy.model_copy(update={"limits": limits}))
+    box = world.sandbox()
+    box.write("app/users.py", "x = 1\n")
+    box.commit()
+    data = hand_bundle(box, delta_bomb_entries(result_size=2 * 1024 * 1024, base_size=1000))
+    with pytest.raises(
+        IngestionError, match=r"^file_too_large: .*delta rebuilds .*file limit, 1 MiB"
+    ):
+        ingest_module._bundle_tip(data, world.policy)
+
+
+def test_a_pack_declaring_billions_of_objects_is_refused(world: World) -> None:
+    """A pack header claiming 4 billion objects is refused before git could size its tables by it."""
+    box = world.sandbox()
+    box.write("app/users.py", "x = 1\n")
+    box.commit()
+    objects = repository_objects(box.root / ".git", SANDBOX_ENV)
+    data = packforge.bundle(git(box.root, "rev-parse", "HEAD"), pack(objects, count=2**32 - 1))
+    world.assert_refused("bundle_too_large", lambda: world.ingest(data))
+
+
+def test_host_git_runs_under_a_memory_limit(world: World, tmp_path: Path) -> None:
+    """With the pack walk bypassed, git fetching the bomb dies at its memory limit instead of taking 1.5 GiB."""
+    box = world.sandbox()
+    box.write("app/users.py", "x = 1\n")
+    box.commit()
+    path = tmp_path / "bomb.bundle"
+    path.write_bytes(hand_bundle(box, delta_bomb_entries(result_size=3 * GIB // 2)))
+    repo = ingest_module._IngestRepo.create(tmp_path / "ingest.git", world.policy)
+
+    with pytest.raises(IngestionError, match=r"(?i)^bundle_invalid: .*out of memory"):
+        ingest_module._fetch_bundle(repo, path, git(box.root, "rev-parse", "HEAD"))
+
+
+# --------------------------------------------------------------------------- names other systems cannot check out
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "app/aux.py",
+        "app/CON",
+        "app/nul.txt",
+        "app/com1.py",
+        "app/Lpt9",
+        "app/con .txt",
+        "app/a:b.py",
+        "app/name.",
+        "app/name ",
+        "app/x<y.py",
+        "app/x>y.py",
+        'app/say"hi".py',
+        "app/p|p.py",
+        "app/what?.py",
+        "app/star*.py",
+        "app/Aux/inner.py",
+        "app/dots./inner.py",
+        "app/SECRET~1.TXT",
+    ],
+)
+def test_names_other_systems_cannot_check_out_are_refused(world: World, name: str) -> None:
+    """A name Windows or macOS cannot check out as itself (device names, ':<>"|?*', a trailing dot or space) is refused with its rule."""
+    box = world.sandbox()
+    box.write(name, "x = 1\n")
+    box.commit()
+    error = world.assert_refused("invalid_path", lambda: world.ingest(box.bundle()))
+    assert "Windows" in str(error)
+
+
+@pytest.mark.parametrize(
+    "name", ["app/SECRETS./token", "app/secrets /token", "app/Secrets. ./token", "app/.ENV."]
+)
+def test_windows_forms_of_a_denied_name_are_denied(world: World, name: str) -> None:
+    """'SECRETS.' and 'secrets ' are 'secrets' on Windows: the deny rule refuses them as it does the plain name."""
+    box = world.sandbox()
+    box.write(name, "SECRET=overwritten\n")
+    box.commit()
+    world.assert_refused("denied", lambda: world.ingest(box.bundle()))
+
+
+def test_a_name_the_repository_already_has_may_change(tmp_path: Path, policy: Policy) -> None:
+    """An 'aux.py' already at the base is the repository's own: a task may modify it."""
+    world = World(tmp_path, policy)
+    (world.target / "app/aux.py").write_text("old = 1\n")
+    git(world.target, "add", "-A")
+    git(world.target, "commit", "-q", "-m", "a legacy name")
+    world.with_policy(policy)
+    box = world.sandbox()
+    box.write("app/aux.py", "new = 2\n")
+    box.commit()
+
+    done = world.ingest(box.bundle())
+
+    assert done.result.files_modified == ["app/aux.py"]

@@ -17,6 +17,7 @@ from controller.preflight import (
     Check,
     Level,
     PreflightReport,
+    check_backend_settings,
     check_engine_address,
     check_engine_version,
     check_git,
@@ -29,6 +30,9 @@ from controller.preflight import (
     runc_build,
     sandbox_checks,
 )
+from controller.sandbox.backend import MANDATORY_SETTINGS
+from controller.sandbox.docker import DockerBackend
+from controller.sandbox.fake import FakeEngine, exits_with
 from controller.sandbox.spec import StagingPaths
 from controller.settings import PROJECT_ROOT, Settings
 
@@ -334,6 +338,66 @@ def test_probe_report_that_breaks_the_policy_is_refused(
     assert [c.name for c in checks.values() if c.level is Level.REFUSE] == [name]
 
 
+# --------------------------------------------------------------------------- the backend's declaration
+
+
+class Declares:
+    """A stand-in backend that only declares which settings it enforces."""
+
+    def __init__(self, enforces: frozenset[str]) -> None:
+        self.enforces = enforces
+
+
+class ClaimsEverything(FakeEngine):
+    """The fake engine, declaring Docker's settings (for a run of preflight that must pass)."""
+
+    enforces = DockerBackend.enforces
+
+
+def test_a_backend_enforcing_every_mandatory_setting_passes() -> None:
+    """Docker's declaration covers every mandatory setting."""
+    check = check_backend_settings(Declares(DockerBackend.enforces))
+    assert check.level is Level.OK
+    assert check.name == "backend.settings"
+
+
+@pytest.mark.parametrize("missing", sorted(MANDATORY_SETTINGS))
+def test_a_backend_missing_one_mandatory_setting_is_refused(missing: str) -> None:
+    """Leaving out any one mandatory setting refuses the backend, and the refusal names it."""
+    check = check_backend_settings(Declares(DockerBackend.enforces - {missing}))
+    assert check.level is Level.REFUSE
+    assert missing in check.summary
+    assert check.remedy
+
+
+def test_a_backend_that_declares_nothing_is_refused() -> None:
+    """A backend with no ``enforces`` declaration (or a malformed one) is refused, not trusted."""
+    assert check_backend_settings(object()).level is Level.REFUSE
+    assert check_backend_settings(Declares("user network_disabled")).level is Level.REFUSE  # type: ignore[arg-type]
+
+
+def test_preflight_refuses_the_fake_engine_before_starting_any_sandbox(tmp_path: Path) -> None:
+    """The fake engine enforces no kernel setting: preflight refuses it, and never starts a probe on it."""
+    engine = FakeEngine(exits_with(0))
+    settings = Settings(_env_file=None, runs_dir=tmp_path, policies_dir=POLICIES)  # type: ignore[call-arg]
+    report = run_preflight(settings, backend=engine, engine_info=engine_info(), probe=True)
+    check = by_name(report.checks)["backend.settings"]
+    assert report.refused
+    assert check.level is Level.REFUSE
+    assert "network_disabled" in check.summary
+    assert "FakeEngine" in check.summary
+    assert engine.steps() == []  # no sandbox was created to probe
+
+
+def test_preflight_accepts_a_backend_that_declares_every_setting(tmp_path: Path) -> None:
+    """The same preflight with a backend declaring every mandatory setting is not refused."""
+    settings = Settings(_env_file=None, runs_dir=tmp_path, policies_dir=POLICIES)  # type: ignore[call-arg]
+    backend = ClaimsEverything(exits_with(0))
+    report = run_preflight(settings, backend=backend, engine_info=engine_info(), probe=False)
+    assert by_name(report.checks)["backend.settings"].level is Level.OK
+    assert not report.refused
+
+
 # --------------------------------------------------------------------------- report and CLI
 
 
@@ -399,6 +463,7 @@ def test_preflight_against_the_real_engine(tmp_path: Path) -> None:
     checks = by_name(report.checks)
     assert not report.refused, [c for c in report.checks if c.level is Level.REFUSE]
     assert checks["engine.seccomp"].level is Level.OK
+    assert checks["backend.settings"].level is Level.OK
     sandbox = {n: c for n, c in checks.items() if n.startswith("sandbox.")}
     assert set(sandbox) >= {
         "sandbox.mounts",

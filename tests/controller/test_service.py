@@ -1,24 +1,35 @@
-"""The task service's logic with the fake executor: recovery, drain on shutdown, admission, metrics hooks."""
+"""The task service's logic with the fake executor: recovery (landed commits included), drain on
+shutdown, admission at submit, task keys, metrics hooks."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from controller.contract import Task
+from controller.contract import Task, TaskResult
 from controller.errors import (
     BaseRefError,
+    InvalidTaskError,
     RepositoryUnavailableError,
     SandboxError,
     ShuttingDownError,
     UnknownRepositoryError,
 )
 from controller.runs import new_run_id
-from controller.service import MAX_ATTEMPTS, TaskService, request_hash
-from controller.store import NewEvent, TaskStore
+from controller.service import (
+    MAX_ATTEMPTS,
+    BranchExistsError,
+    TaskService,
+    branch_commit,
+    request_hash,
+)
+from controller.store import NewEvent, TaskKeyTakenError, TaskStore
+from tests.conftest import git
 from tests.controller.api.fake_executor import FakeExecutor, wait_for
 
 
@@ -264,3 +275,231 @@ def test_recovery_that_cannot_remove_containers_stops_the_start(
         service.start()
     assert service.get(task_id).status == "running"
     assert service._workers == []  # no worker was started
+
+
+# --------------------------------------------------------------------------- landed commits
+
+
+@pytest.fixture
+def landing_service(tmp_path: Path, repo: Path, fake: FakeExecutor) -> Iterator[TaskService]:
+    """A service whose runs keep their records in tmp_path/runs (where landing.json is read)."""
+    service = TaskService(
+        store=TaskStore(tmp_path / "landing.sqlite3"),
+        executor=fake,
+        repositories={"alpha": repo},
+        max_concurrent=1,
+        max_queued=100,
+        runs_dir=tmp_path / "runs",
+    )
+    yield service
+    service.store.close()
+
+
+def crash_while_landing(
+    service: TaskService, repo: Path, key: str, *, move_branch: bool = True
+) -> tuple[str, str, Path]:
+    """A task left running with a landing intent (and the branch moved, unless told not to).
+
+    Returns (task id, landed commit, the landing file).
+    """
+    task_id = submit_queued(service, key)
+    claimed = service.store.claim_next(new_run_id)
+    assert claimed is not None
+    assert claimed.run_id is not None
+    commit = git(repo, "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", f"[{key}]").strip()
+    result = TaskResult(task_key=key, status="succeeded", git_commit=commit, summary="done")
+    landing = tmp_landing(service, claimed.run_id)
+    landing.write_text(
+        json.dumps(
+            {"branch": f"taskbox/{key}", "commit": commit, "result": result.model_dump(mode="json")}
+        )
+    )
+    if move_branch:
+        git(repo, "update-ref", f"refs/heads/taskbox/{key}", commit)
+    return task_id, commit, landing
+
+
+def tmp_landing(service: TaskService, run_id: str) -> Path:
+    """Where the run's landing intent goes: <runs_dir>/<run_id>/record/landing.json."""
+    assert service._runs_dir is not None
+    record = service._runs_dir / run_id / "record"
+    record.mkdir(parents=True)
+    return record / "landing.json"
+
+
+def test_recovery_finishes_a_landed_run_as_succeeded(
+    landing_service: TaskService, repo: Path
+) -> None:
+    """The branch holds the commit the run's landing.json names: the task is succeeded with that result."""
+    task_id, commit, _ = crash_while_landing(landing_service, repo, "LAND-10")
+    outcomes = landing_service.recover()
+    assert [o.action for o in outcomes] == ["succeeded"]
+    record = landing_service.get(task_id)
+    assert record.status == "succeeded"
+    result = landing_service.result(task_id)
+    assert result.git_commit == commit
+    assert result.summary == "done"
+    events, complete = landing_service.events_after(task_id, 0)
+    assert complete
+    assert events[-1].stage == "finished"
+    assert events[-1].data["gitCommit"] == commit
+
+
+def test_a_landed_run_wins_over_a_pending_cancel_and_the_attempt_count(
+    landing_service: TaskService, repo: Path
+) -> None:
+    """A run that landed is succeeded even if a cancel was under way and it was its last attempt."""
+    task_id, commit, _ = crash_while_landing(landing_service, repo, "LAND-11")
+    landing_service.store.mark_cancel_requested(task_id, _event("cancel_requested"))
+    with landing_service.store._write() as conn:  # as if this were the last allowed attempt
+        conn.execute("UPDATE tasks SET attempts = ? WHERE id = ?", (MAX_ATTEMPTS + 1, task_id))
+    assert [o.action for o in landing_service.recover()] == ["succeeded"]
+    assert landing_service.result(task_id).git_commit == commit
+
+
+def test_recovery_reruns_when_the_branch_was_not_moved(
+    landing_service: TaskService, repo: Path
+) -> None:
+    """landing.json without the branch: the crash came before the ref update, so the task is queued again."""
+    task_id, _, _ = crash_while_landing(landing_service, repo, "LAND-12", move_branch=False)
+    assert [o.action for o in landing_service.recover()] == ["requeued"]
+    assert landing_service.get(task_id).status == "queued"
+
+
+def test_recovery_fails_when_the_branch_holds_another_commit(
+    landing_service: TaskService, repo: Path
+) -> None:
+    """The branch exists at a commit the run did not land: failed, with a reason naming both commits."""
+    task_id, commit, _ = crash_while_landing(landing_service, repo, "LAND-13")
+    other = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "update-ref", "refs/heads/taskbox/LAND-13", other)
+    assert [o.action for o in landing_service.recover()] == ["failed"]
+    record = landing_service.get(task_id)
+    assert record.status == "failed"
+    assert record.reason is not None
+    assert commit[:12] in record.reason
+    assert other[:12] in record.reason
+    assert git(repo, "rev-parse", "refs/heads/taskbox/LAND-13").strip() == other  # left alone
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda text: text[: len(text) // 2],  # torn write
+        lambda text: text.replace('"taskbox/LAND-14"', '"taskbox/OTHER"'),  # another branch
+        lambda text: text.replace('"succeeded"', '"failed"'),  # not a success
+        lambda _text: "[]",
+    ],
+    ids=["torn", "other-branch", "not-succeeded", "not-an-object"],
+)
+def test_an_unusable_landing_record_is_treated_as_absent(
+    landing_service: TaskService, repo: Path, corrupt: Callable[[str], str]
+) -> None:
+    """A landing.json that is torn or does not match its task never finishes a task: the task is re-queued."""
+    task_id, _, landing = crash_while_landing(landing_service, repo, "LAND-14")
+    landing.write_text(corrupt(landing.read_text()))
+    assert [o.action for o in landing_service.recover()] == ["requeued"]
+    assert landing_service.get(task_id).status == "queued"
+
+
+# --------------------------------------------------------------------------- admission at submit
+
+
+def test_submit_admits_before_queueing(make_service: Callable[..., TaskService]) -> None:
+    """A task the plan or the policy refuses raises InvalidTaskError at submit and queues nothing."""
+    service = make_service()
+    service.start()
+    for owned in ("../x/", "/abs/", "app/\x00x", ".env", ".git/hooks/"):
+        task = Task.model_validate({**make_task("ADM-S").to_wire(), "ownsPaths": [owned]})
+        with pytest.raises(InvalidTaskError):
+            service.submit(
+                principal="p", idempotency_key=owned, task=task, repository="alpha", base_ref="HEAD"
+            )
+    greedy = Task.model_validate({**make_task("ADM-R").to_wire(), "resources": {"pids": 10**6}})
+    with pytest.raises(InvalidTaskError, match="asks for more than"):
+        service.submit(
+            principal="p", idempotency_key="r", task=greedy, repository="alpha", base_ref="HEAD"
+        )
+    assert service.store.list_tasks() == []
+
+
+def test_submit_refuses_a_key_whose_branch_exists(
+    make_service: Callable[..., TaskService], repo: Path
+) -> None:
+    """A task key whose taskbox/<key> branch exists raises BranchExistsError at submit."""
+    service = make_service()
+    service.start()
+    git(repo, "branch", "taskbox/ADM-B")
+    with pytest.raises(BranchExistsError, match="taskbox/ADM-B"):
+        submit(service, "ADM-B")
+    assert branch_commit(repo, "taskbox/ADM-B") == git(repo, "rev-parse", "HEAD").strip()
+    assert branch_commit(repo, "taskbox/ADM") is None  # a prefix is not the branch
+
+
+def test_submit_refuses_a_key_of_another_principal(
+    make_service: Callable[..., TaskService],
+) -> None:
+    """A key another principal used in the repository raises TaskKeyTakenError, finished or not."""
+    service = make_service()
+    service.start()
+    first = submit(service, "ADM-K")
+    wait_for(lambda: service.get(first).finished, what="the first run")
+    with pytest.raises(TaskKeyTakenError):
+        service.submit(
+            principal="q",
+            idempotency_key="other",
+            task=make_task("ADM-K"),
+            repository="alpha",
+            base_ref="HEAD",
+        )
+
+
+class LandThenCrash(FakeExecutor):
+    """Writes landing.json and moves the branch with real git, then raises, as a cleanup failure would."""
+
+    def __init__(self, control: Path, runs_dir: Path, repo: Path) -> None:
+        super().__init__(control, runs_dir=runs_dir)
+        self.repo = repo
+        self.commit = ""
+
+    def execute(self, **kwargs: Any) -> TaskResult:
+        """Land, then fail the way a crash after the ref update does."""
+        run_id, task = kwargs["run_id"], kwargs["task"]
+        key = task.task_key
+        self.commit = git(self.repo, "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", key).strip()
+        record = self.runs_dir / run_id / "record"
+        record.mkdir(parents=True)
+        result = TaskResult(task_key=key, status="succeeded", git_commit=self.commit)
+        (record / "landing.json").write_text(
+            json.dumps(
+                {
+                    "branch": f"taskbox/{key}",
+                    "commit": self.commit,
+                    "result": result.model_dump(mode="json"),
+                }
+            )
+        )
+        git(self.repo, "update-ref", f"refs/heads/taskbox/{key}", self.commit)
+        raise RecursionError("maximum recursion depth exceeded while removing the staging folder")
+
+
+def test_a_run_that_fails_after_landing_is_succeeded(tmp_path: Path, repo: Path) -> None:
+    """An executor that raises after moving its branch: the task ends succeeded with the landed commit."""
+    executor = LandThenCrash(tmp_path / "control-land", tmp_path / "runs", repo)
+    service = TaskService(
+        store=TaskStore(tmp_path / "land.sqlite3"),
+        executor=executor,
+        repositories={"alpha": repo},
+        max_concurrent=1,
+        max_queued=10,
+        runs_dir=tmp_path / "runs",
+    )
+    try:
+        service.start()
+        task_id = submit(service, "LAND-20")
+        wait_for(lambda: service.get(task_id).finished, what="the run")
+        assert service.get(task_id).status == "succeeded"
+        assert service.result(task_id).git_commit == executor.commit
+    finally:
+        service.shutdown(grace_seconds=1)
+        service.store.close()

@@ -136,3 +136,98 @@ def test_removal_does_not_follow_links_planted_inside(
     remove_staging(paths.root)
     assert not paths.root.exists()
     assert (victim / "keep.txt").read_text() == "keep"
+
+
+def make_chain(top: Path, depth: int, name: str = "d") -> None:
+    """A ``depth``-deep chain of folders below ``top``, built by descriptor (deeper than PATH_MAX is fine)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        with os.fdopen(os.open("bottom.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+            f.write("the end\n")
+    finally:
+        os.close(fd)
+
+
+def test_a_1200_deep_folder_chain_is_removed(
+    planned: tuple[Path, MountPlan], policy: Policy, tmp_path: Path
+) -> None:
+    """A 1,200-deep chain in an owned folder (RecursionError for shutil.rmtree on 3.11) is removed."""
+    repo, plan = planned
+    paths = stage_run(
+        repo=repo, plan=plan, policy=policy, root=tmp_path / "s", run_config_json="{}"
+    )
+    make_chain(paths.work / "app/api", 1200)
+    assert remove_staging(paths.root) is True
+    assert not paths.root.exists()
+
+
+def test_a_chain_deeper_than_path_max_with_links_at_the_bottom_is_removed(tmp_path: Path) -> None:
+    """5,000 levels (paths far over PATH_MAX), links and a FIFO at the bottom: all removed, no link followed."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    victim_mode = victim.stat().st_mode
+    root = tmp_path / "stage"
+    root.mkdir()
+    make_chain(root, 5000, name="level")
+    bottom = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(5000):
+        child = os.open("level", os.O_RDONLY | os.O_DIRECTORY, dir_fd=bottom)
+        os.close(bottom)
+        bottom = child
+    try:
+        os.symlink(victim, "to-folder", dir_fd=bottom)
+        os.symlink(victim / "keep.txt", "to-file", dir_fd=bottom)
+        os.mkfifo("fifo", dir_fd=bottom)
+        os.mkdir("locked", dir_fd=bottom)
+        locked = os.open("locked", os.O_RDONLY | os.O_DIRECTORY, dir_fd=bottom)
+        os.close(os.open("inside.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=locked))
+        os.fchmod(locked, 0o500)
+        os.close(locked)
+    finally:
+        os.close(bottom)
+
+    assert remove_staging(root) is True
+
+    assert not root.exists()
+    assert (victim / "keep.txt").read_text() == "keep"
+    assert victim.stat().st_mode == victim_mode
+
+
+def test_a_staging_root_that_is_a_link_is_unlinked_not_followed(tmp_path: Path) -> None:
+    """If the staging path is itself a symbolic link, the link goes and its target stays."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    link = tmp_path / "stage"
+    link.symlink_to(victim)
+    assert remove_staging(link) is True
+    assert not link.is_symlink()
+    assert (victim / "keep.txt").read_text() == "keep"
+
+
+def test_a_missing_staging_folder_is_already_removed(tmp_path: Path) -> None:
+    """Removing a staging folder that is not there (a second cleanup) succeeds quietly."""
+    assert remove_staging(tmp_path / "never-made") is True
+
+
+def test_a_removal_that_fails_is_logged_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cleanup the file system refuses returns False and logs why, so the caller keeps its result."""
+    root = tmp_path / "stage"
+    (root / "work").mkdir(parents=True)
+
+    def refuse(path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("controller.staging.remove_tree", refuse)
+    with caplog.at_level("WARNING", logger="controller.staging"):
+        assert remove_staging(root) is False
+    assert "could not remove the staging folder" in caplog.text
+    assert root.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from controller.store import (
     SCHEMA_VERSION,
     NewEvent,
     NewTask,
+    TaskKeyTakenError,
     TaskStore,
     schema_version,
 )
@@ -103,7 +105,9 @@ def test_a_failed_migration_leaves_the_file_as_it_was(
     broken = (SCHEMA_VERSION + 1, ("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL"))
     monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, broken))
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    with pytest.raises(StoreError, match="migration to schema version 2 failed"):
+    with pytest.raises(
+        StoreError, match=f"migration to schema version {SCHEMA_VERSION + 1} failed"
+    ):
         TaskStore(path)
     conn = sqlite3.connect(path)
     assert schema_version(conn) == SCHEMA_VERSION
@@ -240,3 +244,80 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
     assert record.status == "queued"
     assert second.events_after("a", 0)[0][0].stage == "queued"
     second.close()
+
+
+def keyed(task_id: str, task_key: str, principal: str, idem: str) -> NewTask:
+    """A task with an explicit task key, principal and idempotency key."""
+    return NewTask(
+        id=task_id,
+        task_key=task_key,
+        repository="alpha",
+        base_ref="HEAD",
+        base_commit="c" * 40,
+        task_json="{}",
+        request_hash="h",
+        principal=principal,
+        idempotency_key=idem,
+    )
+
+
+def test_a_task_key_belongs_to_the_first_principal(store: TaskStore) -> None:
+    """Another principal cannot create a task under a key used in the repository, even once it finished."""
+    store.create_task(keyed("a", "BE-1", "p1", "k1"), QUEUED)
+    with pytest.raises(TaskKeyTakenError, match="another caller"):
+        store.create_task(keyed("b", "BE-1", "p2", "k1"), QUEUED)
+    store.finish(
+        "a", status="failed", result_json="{}", reason="x", event=NewEvent("finished", "x", {})
+    )
+    with pytest.raises(TaskKeyTakenError):
+        store.create_task(keyed("c", "BE-1", "p2", "k2"), QUEUED)
+    assert store.get("b") is None
+    # The same key in another repository is another key (and another branch).
+    _, _, created = store.create_task(
+        replace(keyed("d", "BE-1", "p2", "k3"), repository="beta"), QUEUED
+    )
+    assert created
+    assert store.get("c") is None
+
+
+def test_one_principal_runs_a_key_once_at_a_time(store: TaskStore) -> None:
+    """The owner of a key may not queue it twice, but may again once the first task is final."""
+    store.create_task(keyed("a", "BE-2", "p1", "k1"), QUEUED)
+    with pytest.raises(TaskKeyTakenError, match="queued or running as task a"):
+        store.create_task(keyed("b", "BE-2", "p1", "k2"), QUEUED)
+    store.finish(
+        "a", status="failed", result_json="{}", reason="x", event=NewEvent("finished", "x", {})
+    )
+    _, _, created = store.create_task(keyed("c", "BE-2", "p1", "k3"), QUEUED)
+    assert created
+
+
+def test_racing_principals_get_one_task_per_key(store: TaskStore) -> None:
+    """Eight principals submitting one key at once: exactly one task is created, the rest are refused."""
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def create(n: int) -> None:
+        barrier.wait()
+        try:
+            store.create_task(keyed(f"t{n}", "BE-3", f"p{n}", "k"), QUEUED)
+            outcomes.append("created")
+        except TaskKeyTakenError:
+            outcomes.append("taken")
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["created"] + ["taken"] * 7
+    assert len(store.list_tasks()) == 1
+
+
+def test_keys_that_differ_only_in_case_are_one_key(store: TaskStore) -> None:
+    """`be-4` is the key `BE-4` (their branches collide where names ignore case): another principal is refused."""
+    store.create_task(keyed("a", "BE-4", "p1", "k1"), QUEUED)
+    with pytest.raises(TaskKeyTakenError):
+        store.create_task(keyed("b", "be-4", "p2", "k2"), QUEUED)
+    with pytest.raises(TaskKeyTakenError):
+        store.create_task(keyed("c", "Be-4", "p1", "k3"), QUEUED)  # the owner's, while active

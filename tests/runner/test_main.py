@@ -388,3 +388,58 @@ def test_runner_process_with_the_real_verifier(
     assert result.files_created == [USERS, TEST_FILE]
     assert (ws.outdir / "result.bundle").is_file()
     assert TOKEN not in done.stderr
+    # The model SDK came from the import started at the entry point, joined before the first call.
+    assert "model SDK ready (waited" in done.stderr
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` with the runner on the path, as a fresh interpreter."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'sandbox-image/runner'}"}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_importing_the_runner_and_the_judge_loads_no_model_sdk() -> None:
+    """The runner's modules and the judge import neither the SDK nor its transport: the SDK's import stays off the boot path."""
+    code = (
+        "import sys\n"
+        "import taskbox_runner.__main__, taskbox_runner.run, taskbox_runner.loop, taskbox_runner.judge\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('anthropic', 'httpx2')))\n"
+    )
+    done = _python(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_preload_imports_the_sdk_on_a_thread_and_make_client_joins_it(tmp_path: Path) -> None:
+    """preload() imports the SDK off the main thread; make_client waits for it and builds the client."""
+    code = (
+        "import sys, threading\n"
+        "from pydantic import SecretStr\n"
+        "from taskbox_runner import model_sdk\n"
+        "from taskbox_runner.loop import make_client\n"
+        "importer = []\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'anthropic':\n"
+        "            importer.append(threading.current_thread().name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "model_sdk.preload()\n"
+        "model_sdk.preload()\n"
+        "class Config:\n"
+        f"    gateway_socket = {str(tmp_path / 'gw.sock')!r}\n"
+        "    gateway_token = SecretStr('t')\n"
+        "client = make_client(Config())\n"
+        "print(type(client).__name__, importer)\n"
+    )
+    done = _python(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["Anthropic", "['taskbox-sdk-import']"]

@@ -7,8 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from taskbox_runner.scratch_git import BUNDLE_REF, ScratchRepo, work_commit_subject
+from taskbox_runner.scratch_git import BUNDLE_REF, ScratchRepo
 
+from controller.contract import commit_subject
 from controller.errors import RepositoryError
 from tests.conftest import GIT_ENV
 from tests.runner.conftest import blob_id
@@ -247,9 +248,9 @@ def test_git_ignores_hostile_config_in_the_environment(
         (["src/"], "x" * 100, f"feat(src): {'x' * 72} [BE-9]"),
     ],
 )
-def test_work_commit_subject(owns: list[str], description: str, expected: str) -> None:
+def test_commit_subject(owns: list[str], description: str, expected: str) -> None:
     """The subject is feat(<scope>): <first line> [<key>], cleaned and cut to 72 characters."""
-    assert work_commit_subject("BE-9", description, owns) == expected
+    assert commit_subject("BE-9", description, owns) == expected
 
 
 @pytest.mark.parametrize(
@@ -268,4 +269,4 @@ def test_work_commit_subject(owns: list[str], description: str, expected: str) -
 )
 def test_commit_subject_keeps_whole_clauses(description: str, subject: str) -> None:
     """A long description is cut at a clause or word, never leaving a dangling 'and' or 'the'."""
-    assert work_commit_subject("BE-1", description, ["app/api/"]) == subject
+    assert commit_subject("BE-1", description, ["app/api/"]) == subject

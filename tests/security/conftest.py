@@ -28,6 +28,7 @@ import docker
 import pytest
 from docker.errors import DockerException
 
+from controller.admission import admit
 from controller.contract import Task
 from controller.gitrepo import SAFE_GIT_ENV
 from controller.runs import TaskRunner
@@ -43,7 +44,6 @@ from controller.sandbox.spec import (
 )
 from controller.sandbox.task_sandbox import (
     TaskSandboxRun,
-    plan_task,
     run_config_for,
     run_in_task_sandbox,
 )
@@ -406,9 +406,10 @@ class Arena:
     ) -> Iterator[StartedSandbox]:
         """A sandbox planned, staged and started exactly as a run's, removed (with its staging) on exit."""
         task = task or probe_task()
-        top, _commit, effective, plan = plan_task(
-            task, repo=self.repo, base="HEAD", policies_dir=self.policies, policy_name=policy
+        admission = admit(
+            task, repo=self.repo, base_ref="HEAD", policies_dir=self.policies, policy_name=policy
         )
+        top, effective, plan = admission.repo, admission.policy, admission.plan
         run_id = f"sbx-{secrets.token_hex(6)}"
         root = self.runs / run_id
         staging = stage_run(
@@ -639,6 +640,9 @@ def serve_fake_messages_api(turns: list[dict[str, Any]]) -> FakeMessagesApi:
 
 # --------------------------------------------------------------------------- markers
 
+#: The security invariants of the design (shared/design.md), numbered 1..13.
+INVARIANTS = 13
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every red-team test names the invariant it attacks (``@pytest.mark.invariant(N)``)."""
@@ -646,6 +650,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if HERE not in Path(str(item.path)).parents:
             continue
         marker = item.get_closest_marker("invariant")
-        if marker is None or not all(isinstance(n, int) and 1 <= n <= 10 for n in marker.args):
+        if marker is None or not all(
+            isinstance(n, int) and 1 <= n <= INVARIANTS for n in marker.args
+        ):
             raise pytest.UsageError(f"{item.nodeid} does not name the invariant it attacks")
         item.add_marker(pytest.mark.security)

@@ -17,8 +17,10 @@ import subprocess
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from controller.contract import commit_subject
 from controller.gitrepo import MODE_EXECUTABLE, MODE_FILE, read_blobs
 from controller.ingest import BUNDLE_REF, CommitIdentity, IngestedResult, ingest
+from tests.claim_judge import claim_judge
 from tests.security.conftest import GIT_ENV
 
 if TYPE_CHECKING:
@@ -234,11 +236,13 @@ def ingest_bundle(
         plan=plan,
         policy=policy,
         task_key=plan.task_key,
+        subject=commit_subject(plan.task_key, "Add the users endpoint", plan.owns_paths),
         result_bytes=result,
         bundle_bytes=bundle,
         workspace=workspace,
         identity=IDENTITY,
         commit_date=datetime.now(UTC).replace(microsecond=0),
+        judge=claim_judge,
     )
 
 

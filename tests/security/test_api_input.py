@@ -9,6 +9,7 @@ container it creates, and those lists are asserted empty.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import socket
 import threading
@@ -199,19 +200,37 @@ def test_every_route_refuses_callers_without_a_valid_token(served: Served) -> No
 @pytest.mark.docker
 @pytest.mark.invariant(10)
 def test_token_of_one_repository_cannot_use_another(served: Served) -> None:
-    """Invariant 10: a token for `alpha` cannot submit to, list or read tasks of `beta`."""
+    """Invariant 10: a token for `alpha` cannot submit to or list `beta`, and `beta`'s tasks are 404 to it,
+    exactly like ids that do not exist (no 403 that would confirm the id or name its repository)."""
     answer = served.submit(
         body(wire_task("SEC-BETA", ownsPaths=["../escape/"]), "beta"), TOKEN_ALPHA
     )
     assert answer.status_code == 403
-    beta_task = served.submit(body(wire_task("SEC-BETA2", ownsPaths=["/etc/"]), "beta")).json()
+    created = served.submit(body(wire_task("SEC-BETA2"), "beta"))
+    assert created.status_code == 202, created.text
+    beta_task = created.json()
+    missing = "f" * 32
     with served.client(TOKEN_ALPHA) as client:
-        assert client.get(f"/v1/tasks/{beta_task['id']}").status_code == 403
-        assert client.get(f"/v1/tasks/{beta_task['id']}/audit").status_code == 403
+        for method, suffix in (
+            ("GET", ""),
+            ("GET", "/result"),
+            ("GET", "/events"),
+            ("GET", "/audit"),
+            ("POST", "/cancel"),
+        ):
+            foreign = client.request(method, f"/v1/tasks/{beta_task['id']}{suffix}")
+            unknown = client.request(method, f"/v1/tasks/{missing}{suffix}")
+            assert foreign.status_code == unknown.status_code == 404, suffix
+            assert foreign.json()["error"]["code"] == "task_not_found"
+            assert "beta" not in foreign.text
+            assert foreign.json()["error"]["message"] == unknown.json()["error"]["message"].replace(
+                missing, beta_task["id"]
+            )
         assert client.get("/v1/tasks", params={"repository": "beta"}).status_code == 403
         listed = client.get("/v1/tasks").json()["items"]
         assert all(item["repository"] == "alpha" for item in listed)
-    served.finished(beta_task["id"])
+    view = served.finished(beta_task["id"])
+    assert view["status"] != "cancelled", "a foreign token's cancel reached the task"
 
 
 # --------------------------------------------------------------------------- paths in tasks (invariant 4)
@@ -252,20 +271,22 @@ OWNED_ATTACKS = [
 @pytest.mark.docker
 @pytest.mark.invariant(4)
 def test_hostile_owned_paths_are_refused_before_any_container(served: Served) -> None:
-    """Invariant 4: `..`, absolute, home, docker.sock, controller folders, .git, secrets, repo symlinks: no container ever."""
+    """Invariant 4: `..`, absolute, home, docker.sock, controller folders, .git, secrets, repo symlinks:
+    422 `invalid_task` at submit with the plan's reason; no task is queued and no container made."""
     before = repo_state(served.arena.repo)
     created_before = len(served.arena.backend.created)
-    ids = {}
+    with served.client() as client:
+        listed_before = len(client.get("/v1/tasks", params={"limit": 200}).json()["items"])
     for index, owned in enumerate(OWNED_ATTACKS):
         answer = served.submit(body(wire_task(f"SEC-OWN{index}", ownsPaths=[owned])))
-        if answer.status_code == 422:
-            continue  # refused by the contract itself: even better
-        assert answer.status_code == 202, answer.text
-        ids[owned] = answer.json()["id"]
-    for owned, task_id in ids.items():
-        view = served.finished(task_id)
-        assert view["status"] == "error", owned
-        assert view["reason"].startswith("invalid_task"), (owned, view["reason"])
+        assert answer.status_code == 422, (owned, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] in ("invalid_task", "validation_error"), owned
+        if error["code"] == "invalid_task":
+            assert "refused by the plan" in error["message"], owned
+    with served.client() as client:
+        listed_after = len(client.get("/v1/tasks", params={"limit": 200}).json()["items"])
+    assert listed_after == listed_before, "a refused task was queued"
     assert len(served.arena.backend.created) == created_before
     assert repo_state(served.arena.repo) == before
 
@@ -288,7 +309,7 @@ def test_hostile_relevant_files_become_missing_context_never_mounts(served: Serv
     ]
     task = make_task("SEC-REL", owns=["app/api/"], relevant=hostile, contract="../../etc/passwd")
     arena = served.arena
-    _top, _base, _policy, plan = served.runner.admit(task, arena.repo, "HEAD", "sec-probe")
+    plan = served.runner.admit(task, arena.repo, "HEAD", "sec-probe").plan
     mounted = {e.path for e in [*plan.read_only, *plan.read_write]} | {s.path for s in plan.staged}
     assert mounted == {"app/api", "app/api/__init__.py"}
     refused = {r.path: r.reason for r in plan.refused}
@@ -364,19 +385,18 @@ def test_resource_requests_above_the_policy_maximum_are_refused(served: Served) 
             served.runner.admit(task, arena.repo, "HEAD", "sec-probe")
     # Lowering is allowed and shows in the effective policy (and so in its digest).
     lowered = make_task("SEC-RES", owns=["app/api/"], resources={"memory_mb": 128})
-    _top, _base, policy, plan = served.runner.admit(lowered, arena.repo, "HEAD", "sec-probe")
+    admission = served.runner.admit(lowered, arena.repo, "HEAD", "sec-probe")
+    policy, plan = admission.policy, admission.plan
     assert policy.limits.memory_mb == 128
     assert (
         plan.policy_digest == policy.digest() != load_policy(arena.policies, "sec-probe").digest()
     )
     created = len(arena.backend.created)
-    answer = served.submit(body(wire_task("SEC-RES2", resources={"memory_mb": 1_000_000})))
-    if answer.status_code == 202:
-        view = served.finished(answer.json()["id"])
-        assert view["status"] == "error"
-        assert view["reason"].startswith("invalid_task")
-    else:
-        assert answer.status_code == 422
+    for resources in ({"memoryMb": 1_000_000}, {"pids": 1_000_000}, {"wallClockSeconds": 10**7}):
+        answer = served.submit(body(wire_task("SEC-RES2", resources=resources)))
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["code"] == "invalid_task"
+        assert "asks for more than" in answer.json()["error"]["message"]
     assert len(arena.backend.created) == created
 
 
@@ -495,3 +515,40 @@ def test_one_task_cannot_see_another_tasks_processes_or_files(arena: Arena) -> N
         assert report["pid_count_seen"] < 10  # init, the probe, and nothing of the neighbour's
         assert report["host_runs_dir"], "the probe could not name its own host folder"
         assert report["host_runs_dir_visible"] is False
+
+
+# --------------------------------------------------------------------------- host paths (invariant 10)
+
+
+@pytest.mark.docker
+@pytest.mark.invariant(10)
+def test_audit_shows_no_host_path_and_the_record_keeps_them(served: Served) -> None:
+    """Invariant 10: the audit of a real run names no staging folder, repository, engine root, overlay
+    layer or log file of the host; the run record on disk still has them for the operator."""
+    answer = served.submit(body(wire_task("SEC-HOSTPATH")))
+    assert answer.status_code == 202, answer.text
+    task_id = answer.json()["id"]
+    served.finished(task_id)
+    with served.client() as client:
+        response = client.get(f"/v1/tasks/{task_id}/audit")
+    assert response.status_code == 200, response.text
+    text = response.text
+    arena = served.arena
+    for host in (str(arena.runs), str(arena.repo), "/var/lib/docker", "overlay2/", "-json.log"):
+        assert host not in text, host
+    container = response.json()["audit"]["container"]
+    layers = json.loads(
+        (arena.runs / response.json()["runId"] / "record" / "container.json").read_text()
+    )["GraphDriver"]["Data"]
+    for layer_path in layers.values():
+        for piece in layer_path.split(":"):
+            assert piece.rsplit("/", 2)[-2] not in text, "an overlay layer id leaked"
+    # Inspected before the start, some of these are still empty; none may name a host file.
+    for field in ("LogPath", "ResolvConfPath", "HostsPath", "HostnamePath"):
+        assert container[field] in ("", "<host path>"), field
+    assert set(container["GraphDriver"]["Data"].values()) == {"<host path>"}
+    assert all(m["Source"] == "<host path>" for m in container["Mounts"] if m["Type"] == "bind")
+    assert {m["Destination"] for m in container["Mounts"]} >= {"/out"}  # container side kept
+    on_disk = (arena.runs / response.json()["runId"] / "record" / "container.json").read_text()
+    assert str(arena.runs) in on_disk
+    assert "LogPath" in on_disk

@@ -18,13 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from controller.errors import IngestionError
+from controller import ingest as ingest_module
+from controller.admission import admit
+from controller.contract import commit_subject
+from controller.errors import IngestionError, InvalidTaskError
 from controller.ingest import BUNDLE_REF
 from controller.policy.loader import load_policy
 from controller.runs import new_run_id
-from controller.sandbox.task_sandbox import plan_task
 from controller.settings import PROJECT_ROOT
+from tests import packforge
+from tests.packforge import GIB, Entry, delta_bomb_entries, pack, repository_objects
 from tests.security.conftest import (
+    GIT_ENV,
     PROBE_PATH,
     Arena,
     build_repo,
@@ -70,9 +75,10 @@ class Target:
         task = make_task(
             KEY, owns=["app/api/", "tests/test_api.py"], relevant=["app/main.py", "pyproject.toml"]
         )
-        _top, _commit, self.policy, self.plan = plan_task(
-            task, repo=self.repo, base="HEAD", policies_dir=policies, policy_name="sec-probe"
+        admission = admit(
+            task, repo=self.repo, base_ref="HEAD", policies_dir=policies, policy_name="sec-probe"
         )
+        self.policy, self.plan = admission.policy, admission.plan
         self.forge = Forge(root, self.repo, self.plan)
         self.before = repo_state(self.repo)
 
@@ -492,21 +498,30 @@ def test_success_claimed_despite_failures_is_not_believed(target: Target) -> Non
     target.assert_untouched()
 
 
-@pytest.mark.invariant(1)
+@pytest.mark.invariant(11)
 @pytest.mark.parametrize(
     "message",
     [
         "feat(api): add\nSigned-off-by: someone else [SEC-ING]",
         "feat(api): \x1b[31mred\x1b[0m [SEC-ING]",
         "fix: something else entirely",
-        "feat(api): add the endpoint [OTHER-1]",
+        "feat(api): add the endpoint [skip ci] [SEC-ING]",
+        "feat(api): add the endpoint [ci skip]\n\n***NO_CI***\nskip-checks: true",
     ],
-    ids=["newline", "escape", "wrong-form", "other-task"],
+    ids=["newline", "escape", "wrong-form", "skip-ci", "ci-directives-in-body"],
 )
-def test_commit_message_injection_is_refused(target: Target, message: str) -> None:
-    """Invariant 1: the work commit's subject must have the seed's form; anything else is refused."""
+def test_commit_message_from_the_sandbox_never_reaches_the_subject(
+    target: Target, message: str
+) -> None:
+    """Invariant 11: no text of the sandbox's choosing reaches the landed commit's message."""
     work = target.forge.work({"app/api/users.py": b"USERS = []\n"}, message=message)
-    target.refused("commit_message", lambda: target.ingest(target.forge.bundle(work)))
+    done = target.ingest(target.forge.bundle(work))
+    assert done.result.git_commit is not None
+    landed = git(target.repo, "log", "-1", "--format=%B", done.result.git_commit).decode().strip()
+    expected = commit_subject(KEY, "Add the users endpoint", target.plan.owns_paths)
+    assert landed == expected
+    assert "skip" not in landed.lower()
+    assert "ci" not in landed.lower().split()
 
 
 @pytest.mark.invariant(6)
@@ -653,3 +668,120 @@ def test_lying_result_json_from_a_real_sandbox_is_not_believed(arena: Arena) -> 
         ).returncode
         != 0
     )
+
+
+# --------------------------------------------------------------------------- delta bombs, names, cleanup
+
+
+def _hand_bundle(target: Target, tip: str, extra: list[Entry] | None = None) -> bytes:
+    """The forge's objects in a pack written by hand (``extra`` first), wrapped as a v2 bundle of ``tip``."""
+    objects = repository_objects(target.forge.git_dir, GIT_ENV)
+    return packforge.bundle(tip, pack([*(extra or []), *objects]))
+
+
+@pytest.mark.invariant(7)
+def test_delta_bomb_is_refused_before_host_git_inflates_it(target: Target) -> None:
+    """Invariant 7: a bundle of a few KB whose delta rebuilds 1.5 GiB is refused on its header; a hand-made normal one lands."""
+    work = target.forge.work({"app/api/users.py": b"USERS = []\n"})
+    bomb = _hand_bundle(target, work, delta_bomb_entries(result_size=3 * GIB // 2))
+    assert len(bomb) < 20_000
+    message = target.refused("file_too_large", lambda: target.ingest(bomb))
+    assert "delta rebuilds" in message
+    assert not list((target.root / "workspace").iterdir())  # no ingest repository was made
+
+    done = target.ingest(_hand_bundle(target, work))
+    assert done.result.files_created == ["app/api/users.py"]
+
+
+@pytest.mark.invariant(7)
+def test_host_git_reading_a_bomb_stops_at_its_memory_limit(target: Target, tmp_path: Path) -> None:
+    """Invariant 7: even past the pack walk, host git reading a delta bomb dies at its memory limit, not 1.5 GiB in."""
+    work = target.forge.work({"app/api/users.py": b"USERS = []\n"})
+    path = tmp_path / "bomb.bundle"
+    path.write_bytes(_hand_bundle(target, work, delta_bomb_entries(result_size=3 * GIB // 2)))
+    repo = ingest_module._IngestRepo.create(tmp_path / "ingest.git", target.policy)
+    with pytest.raises(IngestionError, match=r"(?i)^bundle_invalid: .*out of memory"):
+        ingest_module._fetch_bundle(repo, path, work)
+
+
+@pytest.mark.invariant(5)
+@pytest.mark.parametrize(
+    "path",
+    [
+        "app/api/aux.py",
+        "app/api/NUL",
+        "app/api/com3.txt",
+        "app/api/lpt1 .log",
+        "app/api/conin$",
+        "app/api/drive:stream.py",
+        "app/api/trailing.",
+        "app/api/trailing /x.py",
+        "app/api/a<b>.py",
+        "app/api/pipe|.py",
+        "app/api/PROGRA~1/x.py",
+    ],
+)
+def test_names_other_systems_cannot_check_out_never_land(target: Target, path: str) -> None:
+    """Invariant 5: device names, ':<>|' and trailing dots or spaces that Linux accepts are refused, with the rule named."""
+    work = target.forge.work({path: b"x = 1\n"})
+    message = target.refused("invalid_path", lambda: target.ingest(target.forge.bundle(work)))
+    assert "Windows" in message
+
+
+@pytest.mark.invariant(5, 9)
+@pytest.mark.parametrize("owned", ["SECRETS./", "secrets /", "app/api/SeCrEtS. /"])
+def test_windows_form_of_a_denied_folder_is_refused_as_owned_path_and_commit(
+    target: Target, security_policies: Path, owned: str
+) -> None:
+    """Invariant 9: 'SECRETS./' is 'secrets/' on Windows, so deny beats the owned path and the committed name."""
+    task = make_task("SEC-WIN", owns=[owned])
+    with pytest.raises(InvalidTaskError, match=r"denied by rule 'secrets/'"):
+        admit(
+            task,
+            repo=target.repo,
+            base_ref="HEAD",
+            policies_dir=security_policies,
+            policy_name="sec-probe",
+        )
+    work = target.forge.work({"app/api/SECRETS./token": b"leaked\n"})
+    target.refused("denied", lambda: target.ingest(target.forge.bundle(work)))
+
+
+_DEEP_CHAIN = (
+    "import os\n"
+    "fd = os.open('/work/app/api', os.O_RDONLY | os.O_DIRECTORY)\n"
+    "for _ in range(1200):\n"
+    "    os.mkdir('d', dir_fd=fd)\n"
+    "    child = os.open('d', os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)\n"
+    "    os.close(fd)\n"
+    "    fd = child\n"
+    "os.symlink('/etc', 'etc-link', dir_fd=fd)\n"
+    "with open('/proc/1/fd/1', 'w') as log:\n"
+    "    log.write('DEEP-CHAIN-MADE 1200\\n')\n"
+)
+
+
+@pytest.mark.docker
+@pytest.mark.invariant(7)
+def test_a_1200_deep_folder_chain_never_loses_the_result_or_leaves_staging(arena: Arena) -> None:
+    """Invariant 7: a real run whose test makes a 1,200-deep chain in its owned folder ends recorded, staging removed."""
+    calls = [
+        editor_create("app/api/users.py", '"""Users."""\n\nUSERS: list[str] = []\n'),
+        editor_create("tests/test_deep.py", forwarding_test(before=_DEEP_CHAIN)),
+    ]
+    script = write_script(arena.tmp / "scripts", hostile_script(calls))
+    task = make_task(
+        "SEC-DEEP",
+        owns=["app/api/", "tests/test_deep.py"],
+        relevant=[PROBE_PATH, "pyproject.toml", "app/__init__.py", "app/main.py"],
+    )
+    run_id = new_run_id(task.task_key)
+    result = arena.runner(f"scripted:{script}").execute(
+        run_id=run_id, task=task, repo=arena.repo, base_ref="HEAD", policy_name="sec-run"
+    )
+    record = arena.runs / run_id / "record"
+    assert "DEEP-CHAIN-MADE 1200" in (record / "sandbox.log").read_text()  # the attack ran
+    recorded = json.loads((record / "result.json").read_text())
+    assert recorded["status"] == result.status
+    assert not (arena.runs / run_id / "stage").exists()
+    assert Path("/etc/passwd").exists()

@@ -15,10 +15,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
-from controller.api.deps import PrincipalDep, ServiceDep, require_repository, visible_task
+from controller.api.deps import (
+    ContextDep,
+    PrincipalDep,
+    ServiceDep,
+    require_repository,
+    visible_task,
+)
 from controller.api.errors import InvalidCursorError, error_responses
 from controller.api.events import EventStreamResponse, task_event_stream
 from controller.api.models import (
+    CURSOR_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
     TASK_ID_PATTERN,
     AuditView,
@@ -28,7 +35,8 @@ from controller.api.models import (
     TaskPage,
     TaskView,
 )
-from controller.contract import TaskResult  # noqa: TC001 - FastAPI's response model
+from controller.api.redact import HostPathRedactor  # noqa: TC001 - used at runtime
+from controller.contract import TaskResult
 from controller.service import TaskService  # noqa: TC001 - used in annotations FastAPI never sees
 from controller.store import TaskRecord, TaskState  # noqa: TC001 - FastAPI resolves TaskState
 
@@ -59,8 +67,8 @@ def decode_cursor(cursor: str) -> int:
     return int(match.group(1))
 
 
-def task_view(service: TaskService, record: TaskRecord) -> TaskView:
-    """The API form of a task."""
+def task_view(service: TaskService, record: TaskRecord, redactor: HostPathRedactor) -> TaskView:
+    """The API form of a task (host paths in its reason redacted)."""
     return TaskView(
         id=record.id,
         task_key=record.task_key,
@@ -72,20 +80,45 @@ def task_view(service: TaskService, record: TaskRecord) -> TaskView:
         attempts=record.attempts,
         run_id=record.run_id,
         cancel_requested=record.cancel_requested,
-        reason=record.reason,
+        reason=None if record.reason is None else redactor.redact_text(record.reason),
+        created_by=record.principal,
         created_at=record.created_at,
         started_at=record.started_at,
         finished_at=record.finished_at,
     )
 
 
+#: OpenAPI links from a submitted task to the routes that take its id (clients and stateful tests).
+_TASK_LINKS = {
+    name: {"operationId": operation, "parameters": {"task_id": "$response.body#/id"}}
+    for name, operation in (
+        ("GetTask", "get_task"),
+        ("GetResult", "get_result"),
+        ("FollowEvents", "follow_events"),
+        ("CancelTask", "cancel_task"),
+        ("GetAudit", "get_audit"),
+    )
+}
+
+
 @router.post(
     "",
     status_code=202,
     summary="Submit a task",
-    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 500, 503),
+    operation_id="submit_task",
+    responses={
+        202: {
+            "description": (
+                "The task was admitted and queued (or replayed). Admission already checked "
+                "the mount plan, the policy's maximum and the branch `taskbox/<taskKey>`."
+            ),
+            "links": _TASK_LINKS,
+        },
+        **error_responses(400, 401, 403, 404, 409, 413, 422, 500, 503),
+    },
 )
 def submit_task(
+    *,
     body: SubmitTaskRequest,
     idempotency_key: Annotated[
         str,
@@ -99,9 +132,17 @@ def submit_task(
     ],
     principal: PrincipalDep,
     service: ServiceDep,
+    context: ContextDep,
     response: Response,
 ) -> TaskView:
     """Queue a task on a repository (by name). Answers 202 with the task; follow it with its events.
+
+    The task is admitted first, as its run would be: an owned path the mount plan
+    refuses (``..``, absolute, a control character, a deny rule such as ``.env``, a
+    symlink) or resources above the policy's maximum answer 422 ``invalid_task``
+    with the plan's reasons. A ``taskKey`` whose branch ``taskbox/<taskKey>`` exists
+    answers 409 ``branch_exists``; a ``taskKey`` another token used in the repository,
+    or one already queued or running, answers 409 ``task_key_taken``.
 
     A retry with the same ``Idempotency-Key`` and body answers the same task
     (header ``Idempotent-Replayed: true``) and never starts a second run.
@@ -117,14 +158,20 @@ def submit_task(
     response.headers["Location"] = f"/v1/tasks/{submission.task.id}"
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return task_view(service, visible_task(principal, submission.task))
+    return task_view(service, visible_task(principal, submission.task), context.redactor)
 
 
-@router.get("", summary="List tasks", responses=error_responses(401, 403, 422, 500, 503))
+@router.get(
+    "",
+    summary="List tasks",
+    operation_id="list_tasks",
+    responses=error_responses(401, 403, 422, 500, 503),
+)
 def list_tasks(
     *,
     principal: PrincipalDep,
     service: ServiceDep,
+    context: ContextDep,
     status: Annotated[TaskState | None, Query(description="Only tasks in this state.")] = None,
     repository: Annotated[
         RepositoryName | None, Query(description="Only tasks of this repository.")
@@ -132,7 +179,11 @@ def list_tasks(
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
     cursor: Annotated[
         str | None,
-        Query(max_length=64, description="`nextCursor` of the previous page."),
+        Query(
+            max_length=64,
+            pattern=CURSOR_PATTERN,
+            description="`nextCursor` of the previous page (opaque; any other value is 422).",
+        ),
     ] = None,
 ) -> TaskPage:
     """Tasks the token may see, in submission order, one page at a time."""
@@ -146,29 +197,43 @@ def list_tasks(
     )
     page = records[:limit]
     next_cursor = encode_cursor(page[-1].seq) if len(records) > limit else None
-    return TaskPage(items=[task_view(service, r) for r in page], next_cursor=next_cursor)
+    return TaskPage(
+        items=[task_view(service, r, context.redactor) for r in page], next_cursor=next_cursor
+    )
 
 
-@router.get("/{task_id}", summary="Get a task", responses=error_responses(401, 403, 404, 422, 500))
-def get_task(task_id: TaskId, principal: PrincipalDep, service: ServiceDep) -> TaskView:
-    """The task's state."""
-    return task_view(service, visible_task(principal, service.get(task_id)))
+@router.get(
+    "/{task_id}",
+    summary="Get a task",
+    operation_id="get_task",
+    responses=error_responses(401, 404, 422, 500),
+)
+def get_task(
+    task_id: TaskId, principal: PrincipalDep, service: ServiceDep, context: ContextDep
+) -> TaskView:
+    """The task's state (404 for a task of a repository this token may not use)."""
+    return task_view(service, visible_task(principal, service.get(task_id)), context.redactor)
 
 
 @router.get(
     "/{task_id}/result",
     summary="Get a task's result",
-    responses=error_responses(401, 403, 404, 409, 422, 500),
+    operation_id="get_result",
+    responses=error_responses(401, 404, 409, 422, 500),
 )
-def get_result(task_id: TaskId, principal: PrincipalDep, service: ServiceDep) -> TaskResult:
+def get_result(
+    task_id: TaskId, principal: PrincipalDep, service: ServiceDep, context: ContextDep
+) -> TaskResult:
     """The result as the controller checked it; 409 ``task_not_finished`` while queued or running."""
     visible_task(principal, service.get(task_id))
-    return service.result(task_id)
+    result = service.result(task_id)
+    return TaskResult.model_validate(context.redactor.redact(result.model_dump(mode="json")))
 
 
 @router.get(
     "/{task_id}/events",
     summary="Follow a task's events (server-sent events)",
+    operation_id="follow_events",
     response_class=EventStreamResponse,
     responses={
         200: {
@@ -180,13 +245,15 @@ def get_result(task_id: TaskId, principal: PrincipalDep, service: ServiceDep) ->
             ),
         },
         204: {"description": "The task is finished and every event was already delivered."},
-        **error_responses(401, 403, 404, 422, 500),
+        **error_responses(401, 404, 422, 500),
     },
 )
 def follow_events(
+    *,
     task_id: TaskId,
     principal: PrincipalDep,
     service: ServiceDep,
+    context: ContextDep,
     last_event_id: Annotated[
         int | None,
         Header(
@@ -209,36 +276,50 @@ def follow_events(
     if complete and not pending:
         # 204 tells an EventSource to stop reconnecting.
         return Response(status_code=204)
-    return EventStreamResponse(task_event_stream(service, task_id, resume))
+    return EventStreamResponse(task_event_stream(service, task_id, resume, context.redactor))
 
 
 @router.post(
     "/{task_id}/cancel",
     summary="Cancel a task",
+    operation_id="cancel_task",
     status_code=202,
     responses={
         200: {"model": TaskView, "description": "The task was queued and is now cancelled."},
-        **error_responses(401, 403, 404, 409, 422, 500),
+        **error_responses(401, 404, 409, 422, 500),
     },
 )
 def cancel_task(
-    task_id: TaskId, principal: PrincipalDep, service: ServiceDep, response: Response
+    task_id: TaskId,
+    principal: PrincipalDep,
+    service: ServiceDep,
+    context: ContextDep,
+    response: Response,
 ) -> TaskView:
     """A queued task is cancelled at once (200); a running one is stopped (202, then ``cancelled``)."""
     visible_task(principal, service.get(task_id))
     record = service.cancel(task_id)
     if record.finished:
         response.status_code = 200
-    return task_view(service, record)
+    return task_view(service, record, context.redactor)
 
 
 @router.get(
     "/{task_id}/audit",
     summary="Audit a task's run",
-    responses=error_responses(401, 403, 404, 422, 500),
+    operation_id="get_audit",
+    responses=error_responses(401, 404, 422, 500),
 )
-def get_audit(task_id: TaskId, principal: PrincipalDep, service: ServiceDep) -> AuditView:
-    """What the latest run really got: mounts, effective policy and digest, image, container settings."""
-    visible_task(principal, service.get(task_id))
+def get_audit(
+    task_id: TaskId, principal: PrincipalDep, service: ServiceDep, context: ContextDep
+) -> AuditView:
+    """What the latest run really got: mounts, effective policy and digest, image, container settings.
+
+    Host paths are shown as ``<host path>``; the run record on the controller keeps them.
+    """
+    record = visible_task(principal, service.get(task_id))
     run_id, audit = service.audit(task_id)
-    return AuditView(task_id=task_id, run_id=run_id, audit=audit)
+    redacted = context.redactor.redact(audit)
+    if not isinstance(redacted, dict):  # pragma: no cover - redaction keeps the shape
+        raise TypeError("redaction changed the audit's shape")
+    return AuditView(task_id=task_id, run_id=run_id, created_by=record.principal, audit=redacted)

@@ -76,6 +76,7 @@ class AnthropicUpstream:
         self._max_attempts = max_attempts
         self._retry_after_cap = retry_after_cap
         self._sleep = sleep
+        self._http_requests = 0
         self._backoff = wait_exponential_jitter(multiplier=0.5, max=8, jitter=0.5)
         self._client = httpx2.AsyncClient(
             base_url=base_url.rstrip("/"),
@@ -87,6 +88,11 @@ class AnthropicUpstream:
     def name(self) -> str:
         """``anthropic``."""
         return "anthropic"
+
+    @property
+    def http_requests(self) -> int:
+        """HTTP requests sent to the API with the key so far, retries included."""
+        return self._http_requests
 
     def _headers(self, anthropic_beta: tuple[str, ...], *, stream: bool) -> dict[str, str]:
         headers = {
@@ -176,6 +182,7 @@ class AnthropicUpstream:
         self, path: str, payload: bytes, headers: dict[str, str], *, stream: bool
     ) -> httpx2.Response:
         request = self._client.build_request("POST", path, content=payload, headers=headers)
+        self._http_requests += 1  # counted before it goes: a failed send may still have arrived
         response = await self._client.send(request, stream=True)
         # Only a successful stream stays open; everything else is read whole so it can be inspected.
         if response.status_code != 200 or not stream:  # noqa: PLR2004 - HTTP OK

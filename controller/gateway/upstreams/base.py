@@ -59,6 +59,11 @@ class Upstream(Protocol):
         """How this upstream is named in transcripts and logs, e.g. ``scripted:/path/turns.jsonl``."""
         ...
 
+    @property
+    def http_requests(self) -> int:
+        """HTTP requests sent to a remote API so far, retries included (0 for a local upstream)."""
+        ...
+
     async def create_message(self, call: UpstreamCall) -> UpstreamReply:
         """Answer one model turn."""
         ...

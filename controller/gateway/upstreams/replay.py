@@ -57,6 +57,11 @@ class ReplayUpstream:
         """``replay:RUN_DIR``."""
         return f"replay:{self._source}"
 
+    @property
+    def http_requests(self) -> int:
+        """Always 0: this upstream answers locally."""
+        return 0
+
     async def create_message(self, call: UpstreamCall) -> MessageReply | StreamReply:
         """The recorded answer of turn ``call.turn``."""
         entry = self._turns.get(call.turn)

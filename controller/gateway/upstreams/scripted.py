@@ -137,6 +137,11 @@ class ScriptedUpstream:
         """``scripted:FILE``."""
         return f"scripted:{self._source}"
 
+    @property
+    def http_requests(self) -> int:
+        """Always 0: this upstream answers locally."""
+        return 0
+
     async def create_message(self, call: UpstreamCall) -> MessageReply:
         """Line ``call.turn`` of the script as a message, or its error."""
         if call.turn > len(self._turns):

@@ -63,3 +63,29 @@ class RunConfig(BaseModel):
         data = self.model_dump(mode="json")
         data["gateway_token"] = self.gateway_token.get_secret_value()
         return json.dumps(data, indent=2, sort_keys=True)
+
+
+class JudgeConfig(BaseModel):
+    """What the judge's sandbox is told, written to ``/taskbox/judge.json``: no token, no model.
+
+    The judge verifies the candidate tree at ``workdir``; ``base_dir`` is the planned
+    base tree as it was (its test index and tool configuration), ``fail_to_pass_dir`` the
+    base with the candidate's test files laid over it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,80}$")]
+    owns_paths: list[str]
+    """The planned read-write paths (normalised; directories end with '/')."""
+    changed_files: list[str]
+    """Files the candidate adds or modifies (from the controller's own diff)."""
+    test_files: list[str]
+    """The candidate's added or modified test modules: they must fail on the base."""
+    openapi_path: str | None = None
+    coverage_threshold: float = 80.0
+    test_timeout_seconds: float = Field(gt=0)
+    workdir: Path = Path("/work")
+    base_dir: Path = Path("/base")
+    fail_to_pass_dir: Path = Path("/f2p")
+    outdir: Path = Path("/out")

@@ -14,9 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-import anthropic
-import httpx2
-
+from taskbox_runner.model_sdk import wait_ready
 from taskbox_runner.progress import report_progress
 from taskbox_runner.tools import (
     MissingContextLog,
@@ -29,6 +27,7 @@ from taskbox_runner.tools import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    import anthropic
     from anthropic.types import (
         Message,
         MessageParam,
@@ -60,7 +59,15 @@ Msg = dict[str, Any]
 
 
 def make_client(config: RunConfig) -> anthropic.Anthropic:
-    """The SDK client, speaking to the gateway over its Unix socket with the per-run token."""
+    """The SDK client, speaking to the gateway over its Unix socket with the per-run token.
+
+    The SDK is imported here, not at the top: its import (1-2 s) runs on a background
+    thread while the run sets up (:mod:`taskbox_runner.model_sdk`), and this joins it.
+    """
+    wait_ready()
+    import anthropic  # noqa: PLC0415 - see the docstring
+    import httpx2  # noqa: PLC0415 - loaded by the SDK's import already
+
     transport = httpx2.HTTPTransport(uds=str(config.gateway_socket))
     return anthropic.Anthropic(
         api_key=config.gateway_token.get_secret_value(),
@@ -135,6 +142,8 @@ class _Stop(Exception):  # noqa: N818 - internal control flow, caught in run()
 
 def describe_api_error(exc: anthropic.APIError) -> str:
     """One sentence on an API failure, for the result's reason (no headers, no token)."""
+    import anthropic  # noqa: PLC0415 - loaded with the client already (see make_client)
+
     if isinstance(exc, anthropic.APIStatusError):
         kind, message = "error", ""
         body = exc.body
@@ -287,6 +296,8 @@ class GenerateVerifyLoop:
         max_tokens = max(1, min(limits.max_tokens_per_request, remaining))
         timeout = max(1.0, min(MAX_REQUEST_SECONDS, limits.deadline - self._clock()))
         messages = with_cache_breakpoints(self._messages, state.feedback_index)
+        import anthropic  # noqa: PLC0415 - loaded with the client already (see make_client)
+
         try:
             response = self._client.messages.create(
                 model=self._model,

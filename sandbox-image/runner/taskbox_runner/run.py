@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from controller.contract import commit_subject
 from taskbox_runner.checks import CheckRequest, PackageVerifier
 from taskbox_runner.loop import GenerateVerifyLoop, LoopLimits, LoopOutcome, make_client
 from taskbox_runner.prompt import build_prompt
@@ -25,7 +26,7 @@ from taskbox_runner.result import (
     merge_missing,
     write_result,
 )
-from taskbox_runner.scratch_git import ScratchRepo, WorkCommit, work_commit_subject
+from taskbox_runner.scratch_git import ScratchRepo, WorkCommit
 from taskbox_runner.tools import AccessRules, MissingContextLog, WorkspaceEditor
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ def execute(
 
         commit: WorkCommit | None = repo.commit_work(
             [p for p in editor.written_paths if rules.may_write(p)],
-            message=work_commit_subject(
+            message=commit_subject(
                 config.task.task_key, config.task.description, config.owns_paths
             ),
         )

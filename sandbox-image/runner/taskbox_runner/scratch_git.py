@@ -68,7 +68,6 @@ BASE_CONFIG_PATTERNS = (
 )
 
 _GIT_TIMEOUT_SECONDS = 120
-_SCOPE_SKIP = frozenset({"app", "src", "backend", "lib"})
 _UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -109,44 +108,6 @@ def _is_plain_file(workdir: Path, rel: str) -> bool:
         ):
             return False
     return True
-
-
-_SUBJECT_WIDTH = 72  # a commit subject's customary width
-_DANGLING = frozenset({"a", "an", "and", "as", "for", "in", "of", "or", "the", "to", "with"})
-
-
-def work_commit_subject(task_key: str, description: str, owns_paths: Iterable[str]) -> str:
-    """``feat(<scope>): <description> [<taskKey>]``, the worker's commit form.
-
-    The scope is the first folder of the first owned path that says more than
-    'app' or 'src'; the description is the task's first line, cleaned and cut.
-    """
-    first = next(iter(owns_paths), "")
-    parts = [p for p in first.strip("/").split("/") if p]
-    folders = parts if first.endswith("/") else parts[:-1]
-    named = [p for p in folders if p.lower() not in _SCOPE_SKIP]
-    if named:
-        raw_scope = named[0]
-    elif folders:
-        raw_scope = folders[0]
-    else:
-        raw_scope = PurePosixPath(parts[-1]).stem if parts else "app"
-    scope = re.sub(r"[^a-z0-9_-]+", "-", raw_scope.lower()).strip("-")[:30] or "app"
-
-    line = next((ln for ln in description.splitlines() if ln.strip()), "")
-    line = _UNSAFE_PATH.sub(" ", line).strip().lstrip("#*->").strip()
-    line = " ".join(line.split())
-    line = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0].rstrip(".")  # the first sentence
-    if len(line) > _SUBJECT_WIDTH:
-        # Cut at the last clause boundary that fits, else at a word: never mid-word.
-        head = line[:_SUBJECT_WIDTH]
-        clause = max(head.rfind(sep) for sep in (": ", "; ", ", ", " - "))
-        line = head[:clause] if clause > _SUBJECT_WIDTH // 3 else head.rsplit(" ", 1)[0]
-        words = line.rstrip(",;:- ").split(" ")
-        while len(words) > 1 and words[-1].lower() in _DANGLING:
-            words.pop()  # "... validation and" reads as cut off
-        line = " ".join(words)
-    return f"feat({scope}): {line or 'implement task'} [{task_key}]"
 
 
 class ScratchRepo:

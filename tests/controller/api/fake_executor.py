@@ -8,7 +8,13 @@ depends on its key's prefix:
     FAIL…  finishes ``failed``
     BOOM…  raises an unexpected exception (its text must never reach a client)
     SBX…   raises SandboxError
+    LAND…  the first time: writes a real commit, the run's ``record/landing.json``, moves
+           ``taskbox/<key>`` to the commit, then SIGKILLs its own process (a crash right
+           after the ref update); ``LANDPRE…`` crashes before the ref update. Only in a
+           served subprocess (``may_kill``); later runs of the key behave as "other".
     other  emits admitted, staged, a model round with token usage, checks; then succeeds
+
+``admit`` is the real admission (policy, resources, mount plan on the real repository).
 
 Each run leaves a "container" (a file ``containers/<run_id>``) and a staging
 folder while it runs, like the Docker executor; both survive a SIGKILL of the
@@ -21,6 +27,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -28,9 +36,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import JsonValue
 
+from controller.admission import Admission, admit
 from controller.contract import Task, TaskResult
 from controller.errors import SandboxError
 from controller.events import RunEvent
+from controller.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,10 +55,20 @@ POLL_SECONDS = 0.02
 class FakeExecutor:
     """Plays runs out according to the task key; state lives in ``control``."""
 
-    def __init__(self, control: Path) -> None:
-        """Use (and create) the control folder."""
+    def __init__(
+        self,
+        control: Path,
+        *,
+        runs_dir: Path | None = None,
+        policies_dir: Path = PROJECT_ROOT / "policies",
+        may_kill: bool = False,
+    ) -> None:
+        """Use (and create) the control folder; ``may_kill`` lets LAND tasks SIGKILL the process."""
         self.control = control
-        for sub in ("containers", "staging", "release", "records"):
+        self.runs_dir = runs_dir if runs_dir is not None else control / "runs"
+        self.policies_dir = policies_dir
+        self.may_kill = may_kill
+        for sub in ("containers", "staging", "release", "records", "landed"):
             (control / sub).mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
@@ -75,6 +95,18 @@ class FakeExecutor:
 
     # ------------------------------------------------------------------ TaskExecutor
 
+    def admit(
+        self, task: Task, repo: Path, base_ref: str, policy_name: str | None = None
+    ) -> Admission:
+        """The real admission (``controller.admission.admit``), without an engine to ask for images."""
+        return admit(
+            task,
+            repo=repo,
+            base_ref=base_ref,
+            policies_dir=self.policies_dir,
+            policy_name=policy_name,
+        )
+
     def execute(
         self,
         *,
@@ -99,6 +131,11 @@ class FakeExecutor:
             json.dumps({"runId": run_id, "image": "sha256:fake", "policyDigest": "sha256:fake"})
         )
         try:
+            if (
+                task.task_key.startswith("LAND")
+                and not (self.control / "landed" / task.task_key).exists()
+            ):
+                self._land_and_crash(run_id, task, repo, base_ref)
             return self._play(run_id, task, emit, cancel)
         finally:
             (self.control / "containers" / run_id).unlink(missing_ok=True)
@@ -141,6 +178,28 @@ class FakeExecutor:
             task_key=key, status="succeeded", git_commit="a" * 40, files_created=["app/x.py"]
         )
 
+    def _land_and_crash(self, run_id: str, task: Task, repo: Path, base_ref: str) -> None:
+        """Do what a run does right before and at its ref update, then die like a crash."""
+        if not self.may_kill:
+            raise RuntimeError("LAND tasks kill their process: run them in a served subprocess")
+        key = task.task_key
+        commit = _git(repo, "commit-tree", f"{base_ref}^{{tree}}", "-p", base_ref, "-m", f"[{key}]")
+        result = TaskResult(
+            task_key=key, status="succeeded", git_commit=commit, files_created=["app/landed.py"]
+        )
+        record = self.runs_dir / run_id / "record"
+        record.mkdir(parents=True, exist_ok=True)
+        landing = {
+            "branch": f"taskbox/{key}",
+            "commit": commit,
+            "result": result.model_dump(mode="json"),
+        }
+        _write_synced(record / "landing.json", json.dumps(landing))
+        if not key.startswith("LANDPRE"):
+            _git(repo, "update-ref", f"refs/heads/taskbox/{key}", commit, "0" * 40)
+        _write_synced(self.control / "landed" / key, commit)
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def container_ids_for(self, run_id: str) -> list[str]:
         """The run's "container", if it is still there."""
         return [run_id] if (self.control / "containers" / run_id).exists() else []
@@ -168,10 +227,35 @@ class FakeExecutor:
         return record
 
 
+def _git(repo: Path, *args: str) -> str:
+    env = {
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_AUTHOR_NAME": "Taskbox",
+        "GIT_AUTHOR_EMAIL": "taskbox@localhost",
+        "GIT_COMMITTER_NAME": "Taskbox",
+        "GIT_COMMITTER_EMAIL": "taskbox@localhost",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, env=env, check=True)
+    return done.stdout.decode().strip()
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with path.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def make_executor(settings: Settings) -> FakeExecutor:
     """The entry point ``taskbox serve`` calls (``TASKBOX_EXECUTOR_MODULE`` = this module)."""
-    del settings
-    return FakeExecutor(Path(os.environ[CONTROL_ENV]))
+    return FakeExecutor(
+        Path(os.environ[CONTROL_ENV]),
+        runs_dir=settings.runs_dir,
+        policies_dir=settings.policies_dir,
+        may_kill=True,
+    )
 
 
 def make_readiness_probes(settings: Settings) -> dict[str, Callable[[], None]]:

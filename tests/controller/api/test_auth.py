@@ -1,4 +1,5 @@
-"""Bearer-token auth through real HTTP: 401 without or with a wrong token, 403 outside a token's repositories."""
+"""Bearer-token auth through real HTTP: 401 without or with a wrong token; outside a token's repositories,
+403 for what it names itself (a repository) and 404 for another repository's tasks."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def test_token_may_not_submit_to_another_repository(api: ServedApi, fake: FakeEx
 
 
 def test_token_may_not_read_tasks_of_another_repository(api: ServedApi, fake: FakeExecutor) -> None:
-    """A beta-only token gets 403 on every route of an alpha task, and does not see it in lists."""
+    """A beta-only token gets 404 on every route of an alpha task, word for word what an unknown id gets."""
     created = api.client(TOKEN_ALPHA).post(
         "/v1/tasks", json=task_body("HOLD-1"), headers={"Idempotency-Key": "k"}
     )
@@ -86,8 +87,14 @@ def test_token_may_not_read_tasks_of_another_repository(api: ServedApi, fake: Fa
         ("POST", "/cancel"),
     ]:
         response = other.request(method, f"/v1/tasks/{task_id}{suffix}")
-        assert response.status_code == 403, suffix
-        assert response.json()["error"]["code"] == "repository_forbidden"
+        unknown = other.request(method, f"/v1/tasks/{MISSING}{suffix}")
+        assert response.status_code == unknown.status_code == 404, suffix
+        assert response.json()["error"]["code"] == "task_not_found"
+        message = response.json()["error"]["message"]
+        assert message == unknown.json()["error"]["message"].replace(MISSING, task_id)
+        assert "alpha" not in response.text
+        assert "repository" not in message
+    assert api.client(TOKEN_ALPHA).get(f"/v1/tasks/{task_id}").json()["status"] == "running"
     assert other.get("/v1/tasks").json()["items"] == []
     assert other.get("/v1/tasks", params={"repository": "alpha"}).status_code == 403
     assert [t["id"] for t in api.client(TOKEN_ALL).get("/v1/tasks").json()["items"]] == [task_id]

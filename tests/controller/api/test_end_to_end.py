@@ -73,9 +73,13 @@ def test_submit_follow_events_read_result_and_find_the_branch(
     assert body["status"] == "succeeded", body.get("reason")
     assert body["git_commit"] == git(hello_repo, "rev-parse", "taskbox/BE-101").strip()
 
-    audit = client.get(f"/v1/tasks/{task_id}/audit").json()["audit"]
+    audit_answer = client.get(f"/v1/tasks/{task_id}/audit")
+    audit = audit_answer.json()["audit"]
     assert audit["container"]["HostConfig"]["ReadonlyRootfs"] is True
     assert audit["policy"]["digest"].startswith("sha256:")
+    # No host path (runs folder, repository, engine data root) reaches the caller.
+    for host in (str(tmp_path), str(hello_repo), "/var/lib/docker"):
+        assert host not in audit_answer.text, host
 
     metrics = client.get("/metrics").text
     assert 'taskbox_model_tokens_total{kind="output"}' in metrics

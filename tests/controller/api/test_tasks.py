@@ -85,11 +85,12 @@ def test_same_key_other_body_is_a_conflict(api: ServedApi, fake: FakeExecutor) -
 
 
 def test_keys_are_per_token(api: ServedApi, fake: FakeExecutor) -> None:
-    """Two tokens using the same key get two tasks: one caller's key cannot reach another's task."""
+    """Two tokens using the same Idempotency-Key get two tasks: one caller's key cannot reach another's task."""
     from tests.controller.api.conftest import TOKEN_ALPHA  # noqa: PLC0415 - only this test needs it
 
     first = submit(api, task_body("BE-10"), "shared", token=TOKEN_ALL)
-    second = submit(api, task_body("BE-10"), "shared", token=TOKEN_ALPHA)
+    second = submit(api, task_body("BE-10B"), "shared", token=TOKEN_ALPHA)
+    assert first["status"] == second["status"] == 202
     assert first["body"]["id"] != second["body"]["id"]
     wait_for(lambda: len(fake.calls()) == 2, what="two runs")
 
@@ -278,7 +279,11 @@ def test_list_filters_and_pages(api: ServedApi, fake: FakeExecutor) -> None:
     assert failed[0]["reason"] == "the checks failed"
     bad = client.get("/v1/tasks", params={"cursor": "not-a-cursor"})
     assert bad.status_code == 422
-    assert bad.json()["error"]["code"] == "invalid_cursor"
+    assert bad.json()["error"]["code"] == "validation_error"  # the spec's pattern refuses it
+    # Base64 of "after:xyz": the right alphabet and prefix, still not a cursor this API makes.
+    forged = client.get("/v1/tasks", params={"cursor": "YWZ0ZXI6eHl6"})
+    assert forged.status_code == 422
+    assert forged.json()["error"]["code"] == "validation_error"
     assert client.get("/v1/tasks", params={"status": "sleeping"}).status_code == 422
 
 

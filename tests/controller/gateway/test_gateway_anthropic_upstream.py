@@ -27,7 +27,7 @@ from controller.settings import Settings
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
-    from tests.controller.gateway.conftest import ClientFactory, GatewayFactory
+    from tests.controller.gateway.conftest import BudgetFactory, ClientFactory, GatewayFactory
 
 MODEL = "claude-sonnet-4-6"
 API_KEY = "sk-ant-api03-real-key-that-must-stay-in-the-controller"
@@ -243,17 +243,12 @@ def test_the_key_goes_upstream_and_nowhere_else(
     transcript = tmp_path / "transcript.jsonl"
     _, sock = serve(upstream_factory(), transcript=transcript)
 
-    sdk_client(sock).messages.create(
-        model=MODEL,
-        max_tokens=100_000 // 10,
-        messages=HELLO,
-        extra_headers={"anthropic-beta": "context-1m-2025-08-07"},
-    )
+    sdk_client(sock).messages.create(model=MODEL, max_tokens=100_000 // 10, messages=HELLO)
 
     (seen,) = api.received
     assert seen.headers["x-api-key"] == API_KEY
     assert seen.headers["anthropic-version"] == PINNED_API_VERSION
-    assert seen.headers["anthropic-beta"] == "context-1m-2025-08-07"
+    assert "anthropic-beta" not in seen.headers
     assert "authorization" not in seen.headers
     assert RUN_TOKEN not in json.dumps(seen.headers)
     assert seen.body["max_tokens"] == 4096  # lowered to the policy's cap
@@ -261,8 +256,31 @@ def test_the_key_goes_upstream_and_nowhere_else(
     assert API_KEY not in text
     assert RUN_TOKEN not in text
     (entry,) = read_transcript(transcript)
-    assert entry.request.anthropic_beta == ["context-1m-2025-08-07"]
     assert entry.meta.upstream_request_id == "req_upstream_1"
+
+
+def test_a_beta_the_policy_names_is_forwarded_and_recorded(
+    fake_api: tuple[FakeMessagesAPI, str],
+    upstream_factory: UpstreamFactory,
+    serve: GatewayFactory,
+    sdk_client: ClientFactory,
+    make_budget: BudgetFactory,
+) -> None:
+    """An anthropic-beta flag that model.allowed_betas names reaches the upstream as sent."""
+    api, _ = fake_api
+    api.answers = [Answer(200, api_message("ok"))]
+    budget = make_budget(allowed_betas=["context-1m-2025-08-07"])
+    _, sock = serve(upstream_factory(), budget=budget)
+
+    sdk_client(sock).messages.create(
+        model=MODEL,
+        max_tokens=10,
+        messages=HELLO,
+        extra_headers={"anthropic-beta": "context-1m-2025-08-07"},
+    )
+
+    (seen,) = api.received
+    assert seen.headers["anthropic-beta"] == "context-1m-2025-08-07"
 
 
 def test_streams_pass_through_and_are_metered(

@@ -314,6 +314,7 @@ class _BrokenUpstream:
     """An upstream with a bug: it raises an exception carrying internal details."""
 
     name = "broken"
+    http_requests = 0
 
     async def create_message(self, call: UpstreamCall) -> MessageReply:
         raise RuntimeError(f"secret detail at /srv/internal for turn {call.turn}")
@@ -352,5 +353,6 @@ def test_an_internal_failure_is_a_plain_500_without_details(
     }
     assert "secret" not in body
     assert "Traceback" not in body
-    assert gateway.usage.requests == 1  # one attempt: x-should-retry false
+    # One attempt each (x-should-retry false): a message and a count, both admitted upstream calls.
+    assert (gateway.usage.requests, gateway.usage.count_tokens_requests) == (2, 1)
     assert "secret detail" in caplog.text  # the details go to the controller's log

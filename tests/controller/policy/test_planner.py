@@ -216,3 +216,74 @@ def test_deny_rules_also_match_case_folded_paths(make_repo: RepoFactory) -> None
         "config/.ENV": RefusalReason.DENIED,
         "Secrets/key.txt": RefusalReason.DENIED,
     }
+
+
+@pytest.mark.parametrize(
+    "owned",
+    ["SECRETS./", "secrets /", "Secrets. ./", "SECRETS./new.yaml", "app/api/KEY.PEM.", ".ENV. "],
+)
+def test_windows_forms_of_a_denied_owned_path_are_denied(
+    repo: tuple[Path, str], owned: str
+) -> None:
+    """'SECRETS./' and 'secrets /' are 'secrets/' on Windows: the deny rule refuses them as it does the plain name."""
+    plan = plan_for(repo, make_task([owned], []))
+    assert reasons(plan) == {owned: RefusalReason.DENIED}
+    assert plan.read_write == []
+    assert plan.invalid_reasons
+
+
+@pytest.mark.parametrize(
+    "owned",
+    [
+        "app/aux.py",
+        "app/CON",
+        "app/nul.txt",
+        "app/com1.py",
+        "app/lpt9",
+        "app/Prn.Md",
+        "app/con .txt",
+        "app/lpt\u00b9.log",
+        "app/a:b.py",
+        "app/name.",
+        "app/name ",
+        "app/dir./",
+        "app/x<y.py",
+        "app/x>y.py",
+        'app/say"hi".py',
+        "app/pipe|.py",
+        "app/what?.py",
+        "app/star*.py",
+        "app/PROGRA~1/",
+        "app/we\u200dird.py",
+    ],
+)
+def test_owned_names_other_systems_cannot_check_out_are_refused(
+    repo: tuple[Path, str], owned: str
+) -> None:
+    """Reserved device names, forbidden characters, trailing dots or spaces and short-name forms make an owned path invalid, with a reason."""
+    plan = plan_for(repo, make_task([owned], []))
+    assert reasons(plan) == {owned: RefusalReason.INVALID}
+    assert plan.read_write == []
+    (reason,) = plan.invalid_reasons
+    assert any(word in reason for word in ("Windows", "macOS")), reason
+
+
+@pytest.mark.parametrize(
+    "owned",
+    ["app/auxiliary.py", "app/console/", "app/com10.py", "app/nul_check.py", "app/v1.2.py"],
+)
+def test_names_that_only_look_reserved_are_planned(repo: tuple[Path, str], owned: str) -> None:
+    """Names that merely start like a device name, or hold dots inside, stay valid owned paths."""
+    plan = plan_for(repo, make_task([owned], []))
+    assert plan.refused == []
+    assert [e.path for e in plan.read_write] == [owned.rstrip("/")]
+
+
+def test_windows_forms_of_a_denied_relevant_file_are_denied(make_repo: RepoFactory) -> None:
+    """A relevant file under 'SECRETS.' (committed on Linux) is denied like one under 'secrets/'."""
+    path, commit = make_repo({"SECRETS./db.yaml": "password: x\n", "a.py": ""})
+    plan = plan_mounts(
+        make_task(["a.py"], ["SECRETS./db.yaml"]), list_tree(path, commit), POLICY, commit
+    )
+    assert reasons(plan) == {"SECRETS./db.yaml": RefusalReason.DENIED}
+    assert {s.path for s in plan.staged} == {"a.py"}

@@ -114,6 +114,7 @@ def test_spec_carries_the_policy_limits_and_only_planned_mounts(spec: ContainerS
         "org.taskbox.task": "BE-1",
         "org.taskbox.policy-digest": "sha256:abc",
         "org.taskbox.controller": "ctl",
+        "org.taskbox.phase": "agent",
     }
     assert "PYTHONPYCACHEPREFIX" not in spec.environment
     assert spec.environment["PYTHONDONTWRITEBYTECODE"] == "1"

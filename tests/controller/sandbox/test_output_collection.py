@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from controller.errors import SandboxError
-from controller.sandbox.docker import read_output_files
+from controller.sandbox.output import read_output_files
 
 CAPS = {"result.json": 100, "result.bundle": 1000}
 

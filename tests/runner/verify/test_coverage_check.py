@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from taskbox_runner.verify.coverage_check import check_coverage, line_ranges
+from taskbox_runner.verify.coverage_check import check_coverage, line_ranges, static_coverage
 from taskbox_runner.verify.pytest_run import PytestRun, run_pytest
 from taskbox_runner.verify.workspace import Workspace
 
@@ -58,3 +58,70 @@ def test_no_owned_source_is_not_applicable(stage: Stage) -> None:
 def test_line_ranges(lines: list[int], text: str) -> None:
     """Unrun lines are shown as compact ranges."""
     assert line_ranges(lines) == text
+
+
+PRAGMA_MODULE = '''"""Discounts."""
+
+
+def discount(total: int) -> int:
+    """A tenth off large orders."""
+    if total > 100:  # pragma: no cover
+        return total - total // 10
+    return total
+
+
+def refund(total: int) -> int:  # pragma: no cover
+    """Never tested."""
+    if total < 0:
+        raise ValueError(total)
+    return -total
+'''
+
+PRAGMA_IN_A_STRING = '''"""Discounts."""
+
+NOTE = "# pragma: no cover is only text here"
+
+
+def discount(total: int) -> int:
+    """A tenth off large orders."""
+    return total - total // 10 if total > 100 else total
+'''
+
+PRAGMA_TEST = """from app.discounts import discount
+
+
+def test_small_order_pays_full_price() -> None:
+    assert discount(50) == 50
+"""
+
+
+def test_model_pragmas_exclude_nothing_and_are_listed(stage: Stage) -> None:
+    """Lines under a model-written '# pragma: no cover' still count as unrun, and each pragma is listed."""
+    staged = stage()
+    staged.write("app/discounts.py", PRAGMA_MODULE)
+    staged.write("tests/test_discounts.py", PRAGMA_TEST)
+    space, tests = _run(staged)
+    assert tests.coverage is not None
+    assert tests.coverage.missing["app/discounts.py"] == [7, 13, 14, 15]
+    outcome = check_coverage(space, tests, 99.0)
+    report = outcome.to_report()
+    assert not outcome.passed
+    assert report.evidence[-2:] == [
+        "app/discounts.py:6: '# pragma: no cover' ignored: the harness counts the line anyway",
+        "app/discounts.py:11: '# pragma: no cover' ignored: the harness counts the line anyway",
+    ]
+    assert report.evidence[0].endswith("; 2 coverage pragma(s) written by the model were ignored")
+
+
+def test_pragma_text_outside_a_comment_is_not_listed(stage: Stage) -> None:
+    """The clean look-alike: the words in a string constant are not a pragma, and nothing is listed."""
+    staged = stage()
+    staged.write("app/discounts.py", PRAGMA_IN_A_STRING)
+    staged.write("tests/test_discounts.py", PRAGMA_TEST)
+    space, tests = _run(staged)
+    outcome = check_coverage(space, tests, 80.0)
+    assert outcome.passed, outcome.findings
+    assert outcome.notes == []
+    assert static_coverage(space, 80.0).verdict == (
+        "measured by the test run; statically: no coverage pragma written by the model"
+    )

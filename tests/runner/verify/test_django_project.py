@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from taskbox_runner.verify import verify
+import shutil
+from pathlib import Path
+
+from taskbox_runner.verify import check_fail_to_pass, verify
 from taskbox_runner.verify.django_project import check_migrations, find_manage_py, settings_module
 
-from tests.runner.verify.conftest import Stage
+from tests.runner.verify.conftest import DATA, Stage
 
 
 def test_good_django_project_passes_all_ten(stage: Stage) -> None:
@@ -41,3 +44,28 @@ def test_current_migrations_pass(stage: Stage) -> None:
     staged = stage("good_django")
     space = staged.space(owns=("notes/",))
     assert check_migrations(space, "manage.py", "mysite.settings", staged.scratch_dir) == []
+
+
+def test_fail_to_pass_runs_django_tests_under_the_base_settings(
+    stage: Stage, tmp_path: Path
+) -> None:
+    """On a Django base, a new test that passes there too is named: pytest-django ran with manage.py's settings."""
+    staged = stage("good_django")
+    base = tmp_path / "base"
+    shutil.copytree(DATA / "good_django", base)
+    (base / "notes/tests/test_more.py").write_text(
+        "import pytest\nfrom rest_framework.test import APIClient\n\n\n@pytest.mark.django_db\n"
+        "def test_empty_list() -> None:\n    assert APIClient().get('/api/notes/').json() == []\n"
+    )
+    outcome = check_fail_to_pass(
+        staged.context(owns=["notes/"], openapi_path=None),
+        base_workdir=base,
+        test_files=["notes/tests/test_more.py"],
+    )
+    assert [f.render() for f in outcome.findings] == [
+        (
+            "notes/tests/test_more.py:1: TB0513 the tests pass on the base as well: they do not test "
+            "the change (notes/tests/test_more.py::test_empty_list)"
+        )
+    ]
+    assert not (base / "db.sqlite3").exists()

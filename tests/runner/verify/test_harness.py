@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from taskbox_runner.verify import verify
+from taskbox_runner.verify import verify, verify_static
 from taskbox_runner.verify.harness import results_of
 from taskbox_runner.verify.pytest_run import JunitReport, PytestRun
 
@@ -109,9 +109,12 @@ def test_public_project_constraints(stage: Stage) -> None:
     failed = {c.id for c in report.constraints if not c.passed}
     assert failed == {2, 3, 9}
     secrets = report.constraints[1].evidence
-    assert (
-        'app_b_an/main.py:8: S105 Possible hardcoded password assigned to: "fake_secret_token"'
-        in secrets
+    # One finding per statement: ruff's S105 leads, other detectors may be named after it.
+    assert any(
+        line.startswith(
+            'app_b_an/main.py:8: S105 Possible hardcoded password assigned to: "fake_secret_token"'
+        )
+        for line in secrets
     )
 
 
@@ -123,10 +126,14 @@ def test_conftest_that_skips_every_test_is_not_a_pass(stage: Stage) -> None:
     assert not report.passed
     tests = report.constraints[4]
     assert not tests.passed
-    assert (
-        tests.evidence[0]
-        == "5 tests: 0 passed, 0 failed, 0 errors, 5 skipped (5 by the model's files)"
+    assert tests.evidence[0].startswith(
+        "5 tests: 0 passed, 0 failed, 0 errors, 5 skipped (5 by the model's files); "
+        "statically: 1 pytest hook statement(s) that can change the verdict"
     )
+    assert (
+        "tests/conftest.py:20: TB0509 defines the pytest hook pytest_collection_modifyitems, "
+        "which can change collection, outcomes or reports"
+    ) in tests.evidence
     assert ".:1: TB0503 no test ran; at least one test must run and pass" in tests.evidence
     assert report.test_results.skipped == 5
     assert (
@@ -193,3 +200,33 @@ def test_removed_tests_are_named_in_the_warnings(stage: Stage) -> None:
         "1 test(s) removed since the base: tests/test_users.py::test_unknown_user_is_404"
         in report.warnings
     )
+
+
+def test_contract_run_warnings_reach_the_report(stage: Stage) -> None:
+    """A request the app answers with 500 is not judged but named in the report's warnings."""
+    staged = stage()
+    users = staged.workdir / "app/api/users.py"
+    staged.write(
+        "app/api/users.py",
+        users.read_text().replace(
+            "    return await store.list(limit)\n",
+            '    if limit == 20:\n        raise RuntimeError("the database is not reachable")\n'
+            "    return await store.list(limit)\n",
+        ),
+    )
+    report = verify(staged.context())
+    assert report.constraints[5].passed, report.feedback()
+    assert [w for w in report.warnings if w.startswith("contract: ")] == [
+        "contract: GET /users: not judged: answered 500 (valid request): Internal Server Error"
+    ]
+
+
+def test_static_and_full_reports_agree_on_the_good_project(stage: Stage) -> None:
+    """verify_static and verify both pass the known-good project; only verify has test counts."""
+    staged = stage()
+    static = verify_static(staged.context())
+    full = verify(staged.context())
+    assert static.passed
+    assert full.passed
+    assert static.test_results.total == 0
+    assert full.test_results.total == 5

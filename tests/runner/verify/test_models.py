@@ -93,3 +93,15 @@ def test_tmp_paths_are_scrubbed() -> None:
         "/work/app/x.py:3 vs /tmp/pytest-of-u/pytest-7/test_a0/out.txt and /tmp/scratch/junit.xml"
     )
     assert scrub_text(text, ("/tmp/scratch", "/work")) == "app/x.py:3 vs <tmp> and junit.xml"
+
+
+def test_notes_follow_the_findings_and_do_not_fail_the_check() -> None:
+    """Notes (an ignored pragma) are evidence after the findings, once each, and never a failure."""
+    note = "app/x.py:3: '# pragma: no cover' ignored: the harness counts the line anyway"
+    clean = CheckOutcome(4, "90% >= 80%", notes=[note, note])
+    assert clean.passed
+    assert clean.to_report().evidence == ["90% >= 80%", note]
+    failing = CheckOutcome(
+        4, "50% < 80%", [Finding("app/x.py", 3, "TB0401", "lines")], notes=[note]
+    )
+    assert failing.to_report().evidence == ["50% < 80%", "app/x.py:3: TB0401 lines", note]

@@ -1,14 +1,21 @@
 """The verification harness that runs inside the sandbox: the worker brief's ten constraints.
 
-``verify(VerifyContext) -> VerificationReport`` runs ruff once and pytest (with
-coverage) once under harness-owned settings, then the ten checks:
+``verify_static(VerifyContext) -> VerificationReport`` runs ruff, detect-secrets
+and the AST checks and never imports or runs a file of the repository (the
+judge runs it first and seals it); ``verify(VerifyContext)`` adds pytest (with
+coverage) once under harness-owned settings, the contract run and Django's
+migration check, and merges both phases per constraint.
+``check_fail_to_pass(ctx, base_workdir=..., test_files=[...])`` runs the
+model's new and changed tests on the base tree (one must fail there). The ten checks:
 
     1 no SQL injection        ruff S608 + AST (f-string/concat/%/format reaching execute/text/raw/extra)
     2 no hard-coded secrets   ruff S105-S107 + detect-secrets (default plugins, allowlist pragma ignored)
     3 type hints              ruff ANN0xx/ANN2xx over owned non-test code
-    4 coverage >= threshold   coverage JSON totals over owned non-test code
-    5 all tests pass          junit; >= 1 ran; model skips, deselected and removed tests fail
-    6 contract compliance     app.openapi() (subprocess) vs the OpenAPI file
+    4 coverage >= threshold   coverage JSON totals over owned non-test code; no pragma honoured
+    5 all tests pass          junit; >= 1 ran; model skips, deselected and removed tests fail;
+                              statically: verdict-changing pytest hooks, tests that cannot fail
+    6 contract compliance     app.openapi() and app.routes (subprocess) vs the OpenAPI file, then
+                              requests built from the contract sent through ASGI, answers validated
     7 pydantic validation     FastAPI body params are BaseModels; DRF serializers; no pydantic.v1
     8 no print()              ruff T201/T203 over owned non-test code
     9 ruff check clean        the project's own (base) ruff rules, else E/F/W/I/UP/B
@@ -22,27 +29,34 @@ Findings read ``path:line: RULE message``: ruff's own codes, or harness codes
     TB0301 ruff could not run
     TB0401 lines never run (coverage under the threshold)       TB0402 owned file not measured
     TB0501 test failed   TB0502 test error   TB0503 no test ran   TB0504 skipped by the model
-    TB0505 test removed since the base   TB0506 defined but not run   TB0507 pytest did not finish
+    TB0505 test removed or renamed out of collection since the base
+    TB0506 defined but not run   TB0507 pytest did not finish
     TB0508 Django models changed without a migration
+    TB0509 pytest hook or patch that can change the verdict   TB0510 test that cannot fail
+    TB0511 assertion swallowed by a broad except   TB0512 tests in a file pytest does not collect
+    TB0513 new tests pass on the base too   TB0514 no new or changed test
+    TB0515 fail-to-pass not decided (pytest did not finish on the base)
     TB0601 operation missing from the app   TB0602 operation not in the contract
     TB0603 operation differs   TB0604 app not found / not importable   TB0605 contract unreadable
+    TB0606 route hidden from the OpenAPI document (static)   TB0607 answer refused by the contract
     TB0701 body not a pydantic model   TB0702 body read by hand   TB0703 pydantic v1 API
     TB0704 Django/Flask view reads the body without a serializer/model
     TB0801 / TB0901 ruff could not run
     TB1001 sync FastAPI endpoint   TB1002 blocking call in async code
     TB1003 sync ORM in async code   TB1004 AsyncSession call not awaited
 
-Known limits of this first cut: calls from async code into sync helpers are not
-followed; a Django app is not compared with the contract (a warning says so); a
-Flask app is compared by methods and paths only; code the tests import
-(conftest.py included) runs inside the pytest session, so a hostile conftest can
-still lie from inside it: the checks compare what ran with what the files
-define, and every conftest.py the model wrote is named in the warnings.
+Known limits: a Django app is not compared with the contract (a warning says
+so); a Flask app is compared by methods and paths only, with no requests sent;
+code the tests import (conftest.py included) runs inside the pytest session, so
+the dynamic results are claims of code under test: the static phase refuses the
+hooks and patches that could forge them, and every conftest.py the model wrote
+is named in the warnings.
 Call :func:`index_tests` on the base tree before the model writes anything and
 pass it as ``VerifyContext.base_tests`` so removed tests are caught.
 """
 
-from taskbox_runner.verify.harness import verify
+from taskbox_runner.verify.fail_to_pass import check_fail_to_pass
+from taskbox_runner.verify.harness import verify, verify_static
 from taskbox_runner.verify.models import (
     CheckOutcome,
     Finding,
@@ -58,6 +72,8 @@ __all__ = [
     "Framework",
     "VerificationReport",
     "VerifyContext",
+    "check_fail_to_pass",
     "index_tests",
     "verify",
+    "verify_static",
 ]

@@ -20,11 +20,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import yaml
 
 from taskbox_runner.verify import openapi_dump
+from taskbox_runner.verify.contract_runtime import (
+    judge_answers,
+    match_operations,
+    operations,
+    plan_probes,
+    served_key,
+    server_prefix,
+)
 from taskbox_runner.verify.endpoints import imports_module, last_name
 from taskbox_runner.verify.models import CheckOutcome, Finding, Framework
 from taskbox_runner.verify.process import harness_env, run_bounded
@@ -36,8 +43,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 MAX_SCHEMA_DEPTH = 6
+RULE_RUNTIME = "TB0607"
+RULE_HIDDEN = "TB0606"
 DUMP_TIMEOUT_SECONDS = 120.0
 _PARAM = re.compile(r"\{[^}]*\}")
 
@@ -125,11 +133,22 @@ def _single_assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
 
 
 def dump_openapi(
-    space: Workspace, app: AppLocation, scratch_dir: Path, kind: str = "fastapi"
+    space: Workspace,
+    app: AppLocation,
+    scratch_dir: Path,
+    kind: str = "fastapi",
+    contract: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any] | None, str]:
-    """Import the app in a subprocess; ``(the dump, '')`` or ``(None, why not)``."""
+    """Import the app in a subprocess; ``(the dump, '')`` or ``(None, why not)``.
+
+    With ``contract`` (FastAPI), the subprocess then sends the probes planned from it and the
+    dump gains ``answers`` (one per probe that was answered before the process ended).
+    """
     output = scratch_dir / "served-openapi.json"
-    output.unlink(missing_ok=True)
+    answers = scratch_dir / "probe-answers.jsonl"
+    contract_json = scratch_dir / "contract.json"
+    for stale in (output, answers, contract_json):
+        stale.unlink(missing_ok=True)
     argv = [
         sys.executable,
         "-P",
@@ -139,6 +158,9 @@ def dump_openapi(
         str(output),
         kind,
     ]
+    if contract is not None and kind == "fastapi":
+        contract_json.write_text(json.dumps(contract, default=str), encoding="utf-8")
+        argv += [str(contract_json), str(answers)]
     done = run_bounded(
         argv,
         cwd=space.workdir,
@@ -147,15 +169,34 @@ def dump_openapi(
         output_dir=scratch_dir,
         label="openapi-dump",
     )
-    if done.timed_out:
+    if done.timed_out and not output.is_file():
         return None, f"importing {app.target} took longer than {DUMP_TIMEOUT_SECONDS:.0f} s"
-    if done.returncode != 0:
+    if done.returncode != 0 and not done.timed_out:
         return None, f"importing {app.target} failed: {done.last_line()}"
     try:
         data = json.loads(output.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None, f"importing {app.target} produced no OpenAPI document"
+    if not isinstance(data, dict):
+        return None, f"importing {app.target} produced no OpenAPI document"
+    data["answers"] = _read_answers(answers)
     return data, ""
+
+
+def _read_answers(path: Path) -> list[dict[str, Any]]:
+    answers = []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the deadline
+        if isinstance(answer, dict):
+            answers.append(answer)
+    return answers
 
 
 def load_contract(path: Path) -> dict[str, Any]:
@@ -276,6 +317,11 @@ def shape_differences(contract: Shape, served: Shape, where: str) -> list[str]:
     out = []
     if "properties" in contract and "properties" in served:
         out += _property_differences(contract, served, where)
+    elif contract.get("properties") and "object" in served.get("type", ()):
+        out.append(
+            f"{where}: a free-form object in the app (any keys), properties "
+            f"{sorted(contract['properties'])} in the contract"
+        )
     if "items" in contract and "items" in served:
         out += shape_differences(contract["items"], served["items"], f"{where}[]")
     if "enum" in contract and "enum" in served and contract["enum"] != served["enum"]:
@@ -305,25 +351,6 @@ def _property_differences(contract: Shape, served: Shape, where: str) -> list[st
 
 
 # --------------------------------------------------------------------------- operations
-
-
-def _operations(doc: dict[str, Any]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
-    ops = {}
-    for path, item in (doc.get("paths") or {}).items():
-        if not isinstance(item, dict):
-            continue
-        for method in HTTP_METHODS:
-            if isinstance(item.get(method), dict):
-                ops[method.upper(), _PARAM.sub("{}", str(path))] = (str(path), item[method])
-    return ops
-
-
-def _server_prefix(doc: dict[str, Any]) -> str:
-    servers = doc.get("servers") or []
-    if servers and isinstance(servers[0], dict):
-        path = urlparse(str(servers[0].get("url", ""))).path.rstrip("/")
-        return path if path.startswith("/") else ""
-    return ""
 
 
 def _success_codes(op: dict[str, Any]) -> list[str]:
@@ -425,8 +452,8 @@ def compare_contract(
 
     Extra operations served from files outside the owned paths go to ``foreign`` instead.
     """
-    c_ops, s_ops = _operations(contract), _operations(served)
-    prefix = _server_prefix(contract)
+    c_ops, s_ops = operations(contract), operations(served)
+    prefix = server_prefix(contract)
     lines = _contract_lines(contract_text)
     sources = {
         (r["method"], _PARAM.sub("{}", r["path"])): (
@@ -439,9 +466,7 @@ def compare_contract(
     matched: set[tuple[str, str]] = set()
     for (method, norm), (path, c_op) in sorted(c_ops.items()):
         line = lines.get(path, 1)
-        candidates = [norm, prefix + norm] if prefix else [norm]
-        candidates += [c.rstrip("/") if c.endswith("/") else c + "/" for c in list(candidates)]
-        key = next(((method, c) for c in candidates if (method, c) in s_ops), None)
+        key = served_key(method, norm, prefix, s_ops)
         if key is None:
             findings.append(
                 Finding(
@@ -470,6 +495,13 @@ def compare_contract(
             else:
                 foreign.append(f"{rel}:{line}: {message}")
     return findings
+
+
+def _inside(file: str, workdir: Path) -> bool:
+    try:
+        return bool(file) and Path(file).resolve().is_relative_to(workdir)
+    except OSError:
+        return False
 
 
 def _relative(file: str, workdir: Path) -> str:
@@ -511,7 +543,7 @@ def check_contract(
             [Finding(openapi_path, 1, "TB0604", hint)],
         )
     kind, app = found[0]
-    dump, problem = dump_openapi(space, app, scratch_dir, kind)
+    dump, problem = dump_openapi(space, app, scratch_dir, kind, contract)
     if dump is None:
         return CheckOutcome(
             6,
@@ -533,17 +565,177 @@ def check_contract(
         foreign=foreign,
         details=kind == "fastapi",
     )
-    count = len(_operations(contract))
+    findings = _hidden_routes(
+        contract,
+        routes=routes,
+        findings=findings,
+        contract_text=contract_text,
+        contract_rel=openapi_path,
+        space=space,
+        foreign=foreign,
+    )
+    warnings: list[str] = []
+    ran = ""
+    if kind == "fastapi":
+        runtime, warnings, ran = _runtime(contract, served, dump, contract_text, openapi_path)
+        findings += runtime
+    count = len(operations(contract))
     verdict = (
         f"{app.target} serves the {count} operation(s) of {openapi_path} as specified"
         if not findings
-        else f"{app.target} differs from {openapi_path} in {len(findings)} place(s)"
+        else f"{app.target} differs from {openapi_path} in {len(findings)} statement(s)"
     )
+    verdict += ran
     if foreign:
         verdict += f"; {len(foreign)} other served operation(s) outside the owned paths not checked"
     if kind == "flask":
         verdict += " (Flask: methods and paths only)"
+    return CheckOutcome(6, verdict, findings, warnings=[f"contract: {w}" for w in warnings])
+
+
+def _runtime(
+    contract: dict[str, Any],
+    served: dict[str, Any],
+    dump: dict[str, Any],
+    contract_text: str,
+    contract_rel: str,
+) -> tuple[list[Finding], list[str], str]:
+    """Findings, warnings and a verdict suffix from the probes' answers."""
+    probes, skipped = plan_probes(contract, match_operations(contract, served))
+    if not probes:
+        return [], [f"no request could be built: {s}" for s in skipped], ""
+    judged = judge_answers(contract, probes, list(dump.get("answers") or []))
+    lines = _contract_lines(contract_text)
+    findings = [
+        Finding(contract_rel, lines.get(path, 1), RULE_RUNTIME, message)
+        for path, message in judged.findings
+    ]
+    warnings = judged.warnings + [f"no request could be built: {s}" for s in skipped]
+    suffix = f"; {judged.sent} of {len(probes)} request(s) built from the contract answered"
+    return findings, warnings, suffix
+
+
+def _hidden_routes(
+    contract: dict[str, Any],
+    *,
+    routes: list[dict[str, Any]],
+    findings: list[Finding],
+    contract_text: str,
+    contract_rel: str,
+    space: Workspace,
+    foreign: list[str],
+) -> list[Finding]:
+    """Routes in ``app.routes`` hidden from the OpenAPI document (``include_in_schema=False``).
+
+    One the contract lists replaces its "not served" finding; one it does not list is an extra
+    operation, like any other served route.
+    """
+    # The framework's own hidden routes (/docs, /openapi.json) are defined outside the repository.
+    hidden = [
+        r for r in routes if r.get("hidden") and _inside(str(r.get("file", "")), space.workdir)
+    ]
+    if not hidden:
+        return findings
+    doc: dict[str, Any] = {"paths": {}}
+    for route in hidden:
+        doc["paths"].setdefault(str(route["path"]), {})[str(route["method"]).lower()] = {}
+    listed = {(m, p) for m, p, _ in match_operations(contract, doc)}
+    lines = _contract_lines(contract_text)
+    out = [
+        f
+        for f in findings
+        if not (f.rule == "TB0601" and any(f.message.startswith(f"{m} {p} ") for m, p in listed))
+    ]
+    out += [
+        Finding(
+            contract_rel,
+            lines.get(p, 1),
+            "TB0603",
+            f"{m} {p}: the app serves it hidden "
+            "from its OpenAPI document (include_in_schema=False)",
+        )
+        for m, p in sorted(listed)
+    ]
+    served_listed = {(m, s) for m, _, s in match_operations(contract, doc)}
+    for route in hidden:
+        key = (str(route["method"]), str(route["path"]))
+        if key in served_listed:
+            continue
+        rel = _relative(route.get("file", ""), space.workdir)
+        line = int(route.get("line", 1))
+        message = (
+            f"{key[0]} {key[1]} is served by the app, hidden from its OpenAPI document "
+            "(include_in_schema=False), and not in the contract"
+        )
+        if space.is_owned(rel):
+            out.append(Finding(rel, line, "TB0602", message))
+        else:
+            foreign.append(f"{rel}:{line}: {message}")
+    return out
+
+
+def static_contract(space: Workspace, openapi_path: str | None) -> CheckOutcome:
+    """What reading the files says of constraint 6: the contract parses, no route is hidden from it.
+
+    A route, router or included router with ``include_in_schema=False`` in owned code is a
+    finding unless its literal path ends one of the contract's paths (a prefix comes from the
+    router): a hidden route escapes the comparison with ``app.openapi()``.
+    """
+    if not openapi_path:
+        return CheckOutcome(6, "no contract")
+    contract_file = space.workdir / openapi_path
+    try:
+        contract = load_contract(contract_file)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return CheckOutcome(
+            6, "the contract could not be read", [Finding(openapi_path, 1, "TB0605", str(exc))]
+        )
+    contract_paths = {norm for _, norm in operations(contract)}
+    findings = []
+    for rel, tree in space.trees(space.owned_source):
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or not _hides(node):
+                continue
+            literal = _literal_path(node)
+            if literal is not None and any(
+                c.endswith(_PARAM.sub("{}", literal).rstrip("/") or "/") for c in contract_paths
+            ):
+                continue
+            what = f"the route {literal}" if literal is not None else f"{last_name(node.func)}(...)"
+            findings.append(
+                Finding(
+                    rel,
+                    node.lineno,
+                    RULE_HIDDEN,
+                    f"{what} is hidden from the OpenAPI document (include_in_schema=False) "
+                    f"and not in {openapi_path}",
+                )
+            )
+    verdict = (
+        f"statically: {len(findings)} route(s) hidden from the OpenAPI document and not in the contract"
+        if findings
+        else f"statically: {len(contract_paths)} contract path(s) read; no route hidden from the "
+        "OpenAPI document outside the contract"
+    )
     return CheckOutcome(6, verdict, findings)
+
+
+def _hides(node: ast.Call) -> bool:
+    return any(
+        k.arg == "include_in_schema"
+        and isinstance(k.value, ast.Constant)
+        and k.value.value is False
+        for k in node.keywords
+    )
+
+
+def _literal_path(node: ast.Call) -> str | None:
+    if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+        return node.args[0].value
+    for keyword in node.keywords:
+        if keyword.arg == "path" and isinstance(keyword.value, ast.Constant):
+            return str(keyword.value.value)
+    return None
 
 
 def _document_from_routes(routes: list[dict[str, Any]]) -> dict[str, Any]:

@@ -2,11 +2,17 @@
 
 The number is coverage's own ``totals.percent_covered`` for the run, measured
 over exactly the owned source (unimported owned files count as unrun); the
-findings list the lines each file left unrun.
+findings list the lines each file left unrun. Only the harness's exclusion
+rules apply (see ``pytest_run.write_harness_rcfile``): a ``# pragma: no cover``
+or ``# pragma: no branch`` the model wrote excludes nothing and is listed in the
+evidence (:func:`model_pragmas`), which the static phase can already say.
 """
 
 from __future__ import annotations
 
+import io
+import re
+import tokenize
 from typing import TYPE_CHECKING
 
 from taskbox_runner.verify.models import CheckOutcome, Finding
@@ -17,6 +23,40 @@ if TYPE_CHECKING:
 
 RULE_UNCOVERED = "TB0401"
 RULE_NOT_MEASURED = "TB0402"
+
+#: Coverage's own default pragmas (``exclude_lines``/``partial_branches``), matched the way it does.
+_PRAGMA = re.compile(r"#\s*(?:pragma|PRAGMA)[:\s]?\s*(?:no|NO)\s*(?:cover|COVER|branch|BRANCH)")
+
+
+def model_pragmas(space: Workspace) -> list[str]:
+    """``path:line: ...`` notes for every coverage pragma in an owned source file the model wrote."""
+    changed = set(space.changed_files)
+    notes = []
+    for rel in space.owned_source:
+        if rel not in changed:
+            continue
+        try:
+            tokens = list(tokenize.generate_tokens(io.StringIO(space.text(rel)).readline))
+        except (tokenize.TokenError, SyntaxError):
+            continue
+        notes += [
+            f"{rel}:{tok.start[0]}: '{match.group(0)}' ignored: the harness counts the line anyway"
+            for tok in tokens
+            if tok.type == tokenize.COMMENT and (match := _PRAGMA.search(tok.string))
+        ]
+    return notes
+
+
+def static_coverage(space: Workspace, threshold: float) -> CheckOutcome:
+    """What the static phase can say about constraint 4: the pragmas it will not honour."""
+    name = f"Test coverage >= {threshold:g}%"
+    notes = model_pragmas(space)
+    verdict = "measured by the test run; statically: " + (
+        f"{len(notes)} coverage pragma(s) written by the model, which exclude nothing"
+        if notes
+        else "no coverage pragma written by the model"
+    )
+    return CheckOutcome(4, verdict, name=name, notes=notes)
 
 
 def line_ranges(lines: list[int]) -> str:
@@ -79,4 +119,7 @@ def check_coverage(space: Workspace, tests: PytestRun, threshold: float) -> Chec
     )
     if unmeasured:
         verdict += f"; {len(unmeasured)} owned file(s) never imported or measured"
-    return CheckOutcome(4, verdict, findings + unmeasured, name=name)
+    notes = model_pragmas(space)
+    if notes:
+        verdict += f"; {len(notes)} coverage pragma(s) written by the model were ignored"
+    return CheckOutcome(4, verdict, findings + unmeasured, name=name, notes=notes)

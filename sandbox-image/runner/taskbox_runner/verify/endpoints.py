@@ -183,12 +183,30 @@ def _alias(node: ast.stmt) -> dict[str, ast.expr]:
     return {}
 
 
-def _looks_like_type(value: ast.expr) -> bool:
-    return isinstance(value, ast.Subscript) and last_name(value.value) in {
-        "Annotated",
-        "Optional",
-        "Union",
+#: Generic types whose subscription at module level makes a type alias (``Body = dict[str, Any]``).
+TYPE_CONSTRUCTORS = frozenset(
+    {
+        "Annotated", "Optional", "Union", "Literal", "dict", "Dict", "list", "List", "Mapping",
+        "MutableMapping", "Sequence", "MutableSequence", "Iterable", "set", "Set", "frozenset",
+        "FrozenSet", "tuple", "Tuple", "DefaultDict", "OrderedDict", "type", "Type",
     }
+)  # fmt: skip
+#: Bare names that are already a type an alias can stand for (``Payload = dict``).
+BARE_TYPES = frozenset({"dict", "Dict", "Any", "object", "Mapping", "MutableMapping", "Json"})
+
+
+def _looks_like_type(value: ast.expr) -> bool:
+    if isinstance(value, ast.Subscript):
+        return last_name(value.value) in TYPE_CONSTRUCTORS
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.BitOr):
+        sides = (value.left, value.right)
+        return any(_looks_like_type(s) for s in sides) and all(
+            _looks_like_type(s) or isinstance(s, ast.Name | ast.Attribute | ast.Constant)
+            for s in sides
+        )
+    if isinstance(value, ast.Name | ast.Attribute):
+        return last_name(value) in BARE_TYPES
+    return False
 
 
 def call_name(node: ast.Call) -> str:

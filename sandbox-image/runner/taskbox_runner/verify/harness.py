@@ -1,4 +1,8 @@
-"""``verify()``: one ruff run, one pytest run, the ten checks, one report.
+"""``verify_static()`` and ``verify()``: one ruff run, one pytest run, the ten checks, one report.
+
+The static phase reads files and runs ruff and detect-secrets only; ``verify``
+adds what needs the code to run (tests with coverage, the contract run, Django
+migrations) and merges both per constraint.
 
 Tool failures (a crash, a timeout, unreadable output) become failed checks
 with evidence, never exceptions: the loop always gets a report to show the model.
@@ -7,12 +11,13 @@ with evidence, never exceptions: the loop always gets a report to show the model
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from controller.contract import TestResults
 from taskbox_runner.verify.async_endpoints import check_async
-from taskbox_runner.verify.contract import check_contract
-from taskbox_runner.verify.coverage_check import check_coverage
+from taskbox_runner.verify.contract import check_contract, static_contract
+from taskbox_runner.verify.coverage_check import check_coverage, static_coverage
 from taskbox_runner.verify.django_project import check_migrations, find_manage_py, settings_module
 from taskbox_runner.verify.endpoints import ProjectTypes
 from taskbox_runner.verify.framework import detect_framework
@@ -26,7 +31,7 @@ from taskbox_runner.verify.models import (
     scrub_text,
 )
 from taskbox_runner.verify.pydantic_bodies import check_request_validation
-from taskbox_runner.verify.pytest_run import PytestRun, run_pytest
+from taskbox_runner.verify.pytest_run import PytestRun, python_file_patterns, run_pytest
 from taskbox_runner.verify.ruff_checks import (
     check_no_print,
     check_ruff_clean,
@@ -36,7 +41,8 @@ from taskbox_runner.verify.ruff_checks import (
 from taskbox_runner.verify.ruff_run import run_ruff
 from taskbox_runner.verify.sql_injection import check_sql_injection
 from taskbox_runner.verify.suite_index import TestLines, index_test_lines
-from taskbox_runner.verify.tests_pass import check_tests, model_conftests
+from taskbox_runner.verify.test_integrity import cannot_fail, not_collected, scan_hooks
+from taskbox_runner.verify.tests_pass import check_tests, model_conftests, removed_tests
 from taskbox_runner.verify.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -59,23 +65,23 @@ TOOL_CONFIG_FILES = frozenset(
 )
 
 
+def verify_static(ctx: VerifyContext) -> VerificationReport:
+    """The ten constraints as far as reading the files can decide them: nothing is imported or run.
+
+    ruff and detect-secrets run as tools; every other check reads ASTs. Constraints 4, 5 and 6
+    report only what is static (pragmas listed, hook scan, tests that cannot fail, tests removed
+    or renamed out of collection, hidden routes) and pass when that finds nothing; the judge
+    ANDs this report with the dynamic one.
+    """
+    static = _static_phase(ctx)
+    return _report(ctx, static, None, static.outcomes, [])
+
+
 def verify(ctx: VerifyContext) -> VerificationReport:
-    """Check the repository at ``ctx.workdir`` against the ten constraints."""
-    ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-    space = Workspace.load(ctx.workdir, ctx.owns_paths, ctx.changed_files)
-    framework = detect_framework(ctx.base_config_dir, space)
-    types = ProjectTypes.scan(space)
-    logger.info(
-        "verifying %s (%s): %d owned files", space.workdir, framework, len(space.owned_files)
-    )
-
-    ruff_files = sorted(
-        set(space.owned_python)
-        | {f for f in space.changed_files if f.endswith(".py") and f in space.all_python}
-    )
-    ruff = run_ruff(space, ruff_files, ctx.base_config_dir, ctx.scratch_dir)
-
-    manage_py = find_manage_py(space) if framework == "django" else None
+    """Check the repository at ``ctx.workdir`` against the ten constraints (static and dynamic)."""
+    static = _static_phase(ctx)
+    space = static.space
+    manage_py = find_manage_py(space) if static.framework == "django" else None
     django_settings = settings_module(space, manage_py) if manage_py else None
     tests = run_pytest(
         space,
@@ -87,42 +93,134 @@ def verify(ctx: VerifyContext) -> VerificationReport:
     extra: list[Finding] = []
     if manage_py:
         extra = check_migrations(space, manage_py, django_settings, ctx.scratch_dir)
-
-    now = index_test_lines(space.workdir)
-    outcomes: list[CheckOutcome] = [
-        check_sql_injection(space, ruff),
-        check_secrets(space, ruff),
-        check_type_hints(space, ruff),
-        check_coverage(space, tests, ctx.coverage_threshold),
-        check_tests(
+    contract = check_contract(space, static.framework, ctx.openapi_path, ctx.scratch_dir)
+    dynamic: dict[int, CheckOutcome] = {
+        4: check_coverage(space, tests, ctx.coverage_threshold),
+        5: check_tests(
             tests,
-            now=now,
+            now=static.now,
             base=ctx.base_tests,
             changed_files=space.changed_files,
             workdir=str(space.workdir),
             extra_findings=extra,
         ),
-        check_contract(space, framework, ctx.openapi_path, ctx.scratch_dir),
+        6: contract,
+    }
+    outcomes = [merge_outcomes(dynamic[o.id], o) if o.id in dynamic else o for o in static.outcomes]
+    warnings = test_warnings(tests)
+    return _report(ctx, static, tests, outcomes, warnings)
+
+
+@dataclass
+class StaticPhase:
+    """What the static phase looked at and found, reused by the full verification."""
+
+    space: Workspace
+    framework: Framework
+    now: TestLines
+    outcomes: list[CheckOutcome]
+    warnings: list[str]
+
+
+def _static_phase(ctx: VerifyContext) -> StaticPhase:
+    ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
+    space = Workspace.load(ctx.workdir, ctx.owns_paths, ctx.changed_files, ctx.base_config_dir)
+    framework = detect_framework(ctx.base_config_dir, space)
+    types = ProjectTypes.scan(space)
+    logger.info(
+        "verifying %s (%s): %d owned files", space.workdir, framework, len(space.owned_files)
+    )
+    ruff_files = sorted(
+        set(space.owned_python)
+        | {f for f in space.changed_files if f.endswith(".py") and f in space.all_python}
+    )
+    ruff = run_ruff(space, ruff_files, ctx.base_config_dir, ctx.scratch_dir)
+    now = index_test_lines(space.workdir)
+    outcomes: list[CheckOutcome] = [
+        check_sql_injection(space, ruff),
+        check_secrets(space, ruff),
+        check_type_hints(space, ruff),
+        static_coverage(space, ctx.coverage_threshold),
+        static_tests(space, now, ctx.base_tests, python_file_patterns(ctx.base_config_dir)),
+        static_contract(space, ctx.openapi_path),
         check_request_validation(space, framework, types),
         check_no_print(space, ruff),
         check_ruff_clean(space, ruff),
         check_async(space, types),
     ]
+    warnings = collect_warnings(ctx, space, framework, now) + noqa_warnings(space, ruff)
+    return StaticPhase(space, framework, now, outcomes, warnings)
+
+
+def static_tests(
+    space: Workspace,
+    now: TestLines,
+    base: dict[str, list[str]] | None,
+    patterns: tuple[str, ...],
+) -> CheckOutcome:
+    """Constraint 5 without running anything: hooks, tests that cannot fail, tests gone or hidden."""
+    hooks = scan_hooks(space)
+    weak = cannot_fail(space, patterns)
+    hidden = not_collected(space, patterns)
+    gone = removed_tests(now, base)
+    verdict = (
+        f"statically: {len(hooks)} pytest hook statement(s) that can change the verdict, "
+        f"{len(weak)} test(s) or assertion(s) that cannot fail, "
+        f"{len(gone) + len(hidden)} test(s) removed or not collected "
+        f"(in {len([f for f in space.changed_files if f.endswith('.py')])} model-written Python file(s))"
+    )
+    return CheckOutcome(5, verdict, hooks + weak + hidden + gone)
+
+
+def merge_outcomes(dynamic: CheckOutcome, static: CheckOutcome) -> CheckOutcome:
+    """One constraint from both phases: the dynamic verdict first, every finding once.
+
+    A static finding on a line the dynamic check already reported for this constraint is the same
+    statement seen twice (a hidden route, a removed test) and is dropped.
+    """
+    seen = {(f.path, f.line, f.rule) for f in dynamic.findings}
+    seen_lines = {(f.path, f.line) for f in dynamic.findings}
+    extra = [
+        f
+        for f in static.findings
+        if (f.path, f.line, f.rule) not in seen and (f.path, f.line) not in seen_lines
+    ]
+    verdict = dynamic.verdict
+    if static.findings:
+        verdict += f"; {static.verdict}"
+    return CheckOutcome(
+        dynamic.id,
+        verdict,
+        dynamic.findings + extra,
+        name=dynamic.name or static.name,
+        notes=list(dict.fromkeys(dynamic.notes + static.notes)),
+        warnings=list(dict.fromkeys(dynamic.warnings + static.warnings)),
+    )
+
+
+def _report(
+    ctx: VerifyContext,
+    static: StaticPhase,
+    tests: PytestRun | None,
+    outcomes: list[CheckOutcome],
+    warnings: list[str],
+) -> VerificationReport:
     scrub = (
         str(ctx.scratch_dir.resolve()),
         str(ctx.scratch_dir),
-        str(space.workdir),
+        str(static.space.workdir),
         str(ctx.workdir),
     )
     return VerificationReport(
-        framework=framework,
-        test_results=results_of(tests),
+        framework=static.framework,
+        test_results=results_of(tests) if tests is not None else TestResults(),
         constraints=[outcome.to_report(scrub) for outcome in outcomes],
-        warnings=[
-            scrub_text(w, scrub)
-            for w in collect_warnings(ctx, space, tests, framework, now)
-            + noqa_warnings(space, ruff)
-        ],
+        warnings=list(
+            dict.fromkeys(
+                scrub_text(w, scrub)
+                for w in static.warnings + warnings + [w for o in outcomes for w in o.warnings]
+            )
+        ),
     )
 
 
@@ -145,7 +243,7 @@ def results_of(tests: PytestRun) -> TestResults:
 
 
 def collect_warnings(
-    ctx: VerifyContext, space: Workspace, tests: PytestRun, framework: Framework, now: TestLines
+    ctx: VerifyContext, space: Workspace, framework: Framework, now: TestLines
 ) -> list[str]:
     """What a reviewer should know that the verdicts do not say by themselves."""
     warnings = [
@@ -163,10 +261,7 @@ def collect_warnings(
     if ctx.base_tests is None:
         warnings.append("no base test index was given: removed tests were not checked")
     removed = [
-        f"{rel}::{test_id}"
-        for rel, ids in sorted((ctx.base_tests or {}).items())
-        for test_id in ids
-        if test_id not in now.get(rel, {})
+        f"{f.path}::{f.message.split(' ', 1)[0]}" for f in removed_tests(now, ctx.base_tests)
     ]
     if removed:
         more = len(removed) - NAMES_IN_A_WARNING
@@ -178,7 +273,12 @@ def collect_warnings(
         )
     if space.truncated:
         warnings.append("the repository has too many files: some were not checked")
+    return warnings
+
+
+def test_warnings(tests: PytestRun) -> list[str]:
+    """What the test run adds to the warnings."""
     junit = tests.junit
     if junit is not None and junit.skipped:
-        warnings.append(f"{junit.skipped} test(s) skipped or xfailed")
-    return warnings
+        return [f"{junit.skipped} test(s) skipped or xfailed"]
+    return []

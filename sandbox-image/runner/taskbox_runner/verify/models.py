@@ -88,6 +88,10 @@ class CheckOutcome:
     """One line saying what was checked and the result (first evidence entry)."""
     findings: list[Finding] = field(default_factory=list)
     name: str = ""
+    notes: list[str] = field(default_factory=list)
+    """Evidence that is not a failure (e.g. a pragma that was ignored), shown after the findings."""
+    warnings: list[str] = field(default_factory=list)
+    """What a reviewer should know that is not a finding; the report's ``warnings`` collects them."""
 
     @property
     def passed(self) -> bool:
@@ -100,6 +104,10 @@ class CheckOutcome:
         lines = [self.verdict] + [f.render() for f in ordered[:MAX_FINDINGS_PER_CHECK]]
         if len(ordered) > MAX_FINDINGS_PER_CHECK:
             lines.append(f"... and {len(ordered) - MAX_FINDINGS_PER_CHECK} more findings")
+        notes = list(dict.fromkeys(self.notes))
+        lines += notes[:MAX_FINDINGS_PER_CHECK]
+        if len(notes) > MAX_FINDINGS_PER_CHECK:
+            lines.append(f"... and {len(notes) - MAX_FINDINGS_PER_CHECK} more notes")
         return ConstraintReport(
             id=self.id,
             name=self.name or CONSTRAINT_NAMES[self.id],

@@ -145,6 +145,17 @@ def base_pytest_settings(base_config_dir: Path | None) -> dict[str, Any]:
     return {}
 
 
+#: pytest's default ``python_files``.
+DEFAULT_PYTHON_FILES = ("test_*.py", "*_test.py")
+
+
+def python_file_patterns(base_config_dir: Path | None) -> tuple[str, ...]:
+    """The base config's ``python_files`` globs (pytest's defaults when it sets none)."""
+    value = base_pytest_settings(base_config_dir).get("python_files")
+    patterns = tuple(_as_list(value)) if value else ()
+    return patterns or DEFAULT_PYTHON_FILES
+
+
 def _ini_section(path: Path, section: str) -> dict[str, Any]:
     parser = configparser.ConfigParser(interpolation=None)
     try:
@@ -196,9 +207,19 @@ def write_harness_ini(
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+#: Coverage's own default ``exclude_lines`` honours ``# pragma: no cover`` (and ``partial_branches``
+#: ``# pragma: no branch``); the harness sets both to its own list, so a pragma the model writes
+#: excludes nothing. Empty: the harness excludes no line (numbers equal a plain run without pragmas).
+HARNESS_EXCLUDE_LINES: tuple[str, ...] = ()
+
+
 def write_harness_rcfile(path: Path, data_file: Path, include: list[str]) -> None:
-    """Coverage settings: report exactly the owned, non-test code (unrun files count as 0%)."""
+    """Coverage settings: report exactly the listed files (unrun ones count as 0%), no pragma honoured.
+
+    Which files are tests is the workspace's decision (by location), so there is no name-based omit.
+    """
     include_lines = "\n".join(f"    {p}" for p in include)
+    exclude_lines = "".join(f"\n    {p}" for p in HARNESS_EXCLUDE_LINES)
     path.write_text(
         "[run]\n"
         f"data_file = {data_file}\n"
@@ -206,25 +227,27 @@ def write_harness_rcfile(path: Path, data_file: Path, include: list[str]) -> Non
         "parallel = false\n"
         "[report]\n"
         f"include =\n{include_lines}\n"
-        "omit =\n    */tests/*\n    */test/*\n    */test_*.py\n    */*_test.py\n    */conftest.py\n"
+        f"exclude_lines ={exclude_lines}\n"
+        "exclude_also =\n"
+        "partial_branches =\n"
         "ignore_errors = true\n",
         encoding="utf-8",
     )
 
 
 def coverage_scope(space: Workspace) -> tuple[list[str], list[str]]:
-    """``(--cov source folders, report include globs)`` for the owned, non-test code."""
+    """``(--cov source folders, report include paths)``: the owned, non-test files, one by one."""
+    include = [str((space.workdir / rel).resolve()) for rel in space.owned_source]
+    if not include:
+        return [], []
     sources: set[str] = set()
-    include: list[str] = []
     for owned in space.owns_paths:
         target = space.workdir / owned
         if owned == "" or owned.endswith("/"):
             if target.is_dir():
                 sources.add(str(target.resolve()))
-                include.append(f"{target.resolve()}/*")
         elif owned.endswith(".py") and target.is_file():
             sources.add(str(target.resolve().parent))
-            include.append(str(target.resolve()))
     return sorted(sources), include
 
 
@@ -235,36 +258,8 @@ def collection_targets(base: dict[str, Any], workdir: Path) -> list[str]:
     return existing or [str(workdir)]
 
 
-def run_pytest(
-    space: Workspace,
-    *,
-    base_config_dir: Path | None,
-    scratch_dir: Path,
-    timeout: float,
-    django_settings: str | None = None,
-) -> PytestRun:
-    """Run the repository's tests once with coverage; read junit and coverage JSON back."""
-    workdir = space.workdir
-    plugins = installed_plugins()
-    base = base_pytest_settings(base_config_dir)
-    if not (django_settings or base.get("DJANGO_SETTINGS_MODULE")):
-        # pytest-django only for Django projects: it imports Django and reads its settings.
-        plugins.pop("django", None)
-    run = PytestRun(plugins=sorted(plugins))
-    if "pytest_cov" not in plugins:
-        run.problem = "pytest-cov is not installed in this environment"
-        return run
-    junit_path = scratch_dir / "junit.xml"
-    cov_json = scratch_dir / "coverage.json"
-    data_file = scratch_dir / ".coverage"
-    for stale in (junit_path, cov_json, data_file):
-        stale.unlink(missing_ok=True)
-    extra = {"DJANGO_SETTINGS_MODULE": django_settings} if django_settings else {}
-    ini = scratch_dir / "harness-pytest.ini"
-    write_harness_ini(ini, base, workdir, plugins, extra)
-    rcfile = scratch_dir / "harness-coveragerc"
-    sources, include = coverage_scope(space)
-    write_harness_rcfile(rcfile, data_file, include)
+def _pytest_argv(ini: Path, workdir: Path, plugins: dict[str, str], junit_path: Path) -> list[str]:
+    """The harness's pytest command line up to the run-specific options and targets."""
     argv = [
         sys.executable,
         "-P",
@@ -283,7 +278,45 @@ def run_pytest(
     ]
     for module in sorted(plugins.values()):
         argv += ["-p", module]
-    argv += ["-o", "addopts=", "--junitxml", str(junit_path), "-q", "--color=no"]
+    return [*argv, "-o", "addopts=", "--junitxml", str(junit_path), "-q", "--color=no"]
+
+
+def _plugins_for(base: dict[str, Any], django_settings: str | None) -> dict[str, str]:
+    plugins = installed_plugins()
+    if not (django_settings or base.get("DJANGO_SETTINGS_MODULE")):
+        # pytest-django only for Django projects: it imports Django and reads its settings.
+        plugins.pop("django", None)
+    return plugins
+
+
+def run_pytest(
+    space: Workspace,
+    *,
+    base_config_dir: Path | None,
+    scratch_dir: Path,
+    timeout: float,
+    django_settings: str | None = None,
+) -> PytestRun:
+    """Run the repository's tests once with coverage; read junit and coverage JSON back."""
+    workdir = space.workdir
+    base = base_pytest_settings(base_config_dir)
+    plugins = _plugins_for(base, django_settings)
+    run = PytestRun(plugins=sorted(plugins))
+    if "pytest_cov" not in plugins:
+        run.problem = "pytest-cov is not installed in this environment"
+        return run
+    junit_path = scratch_dir / "junit.xml"
+    cov_json = scratch_dir / "coverage.json"
+    data_file = scratch_dir / ".coverage"
+    for stale in (junit_path, cov_json, data_file):
+        stale.unlink(missing_ok=True)
+    extra = {"DJANGO_SETTINGS_MODULE": django_settings} if django_settings else {}
+    ini = scratch_dir / "harness-pytest.ini"
+    write_harness_ini(ini, base, workdir, plugins, extra)
+    rcfile = scratch_dir / "harness-coveragerc"
+    sources, include = coverage_scope(space)
+    write_harness_rcfile(rcfile, data_file, include)
+    argv = _pytest_argv(ini, workdir, plugins, junit_path)
     if sources:
         argv += [f"--cov={s}" for s in sources]
         argv += [f"--cov-config={rcfile}", f"--cov-report=json:{cov_json}"]
@@ -307,6 +340,49 @@ def run_pytest(
         run.problem = f"pytest wrote no junit report (exit {done.returncode}): {done.last_line()}"
     if sources:
         run.coverage = read_coverage(cov_json, workdir)
+    return run
+
+
+def run_test_files(
+    workdir: Path,
+    test_files: list[str],
+    *,
+    base_config_dir: Path | None,
+    scratch_dir: Path,
+    timeout: float,
+    label: str = "pytest-files",
+    django_settings: str | None = None,
+) -> PytestRun:
+    """Run exactly ``test_files`` (repository-relative) in ``workdir``; junit cases, no coverage.
+
+    Same precautions as :func:`run_pytest` (harness ini, plugin allowlist, ``python -P``, no
+    cache provider) and nothing written into ``workdir`` (no bytecode, no coverage data), so the
+    folder may be read-only. Everything the run writes goes to ``scratch_dir`` under ``label``.
+    """
+    root = workdir.resolve()
+    base = base_pytest_settings(base_config_dir)
+    plugins = _plugins_for(base, django_settings)
+    plugins.pop("pytest_cov", None)
+    run = PytestRun(plugins=sorted(plugins))
+    junit_path = scratch_dir / f"{label}-junit.xml"
+    junit_path.unlink(missing_ok=True)
+    ini = scratch_dir / f"{label}-pytest.ini"
+    extra = {"DJANGO_SETTINGS_MODULE": django_settings} if django_settings else {}
+    write_harness_ini(ini, base, root, plugins, extra)
+    targets = [str(root / rel) for rel in test_files]
+    argv = [*_pytest_argv(ini, root, plugins, junit_path), "-p", "no:pytest_cov", *targets]
+    env = harness_env({"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    done = run_bounded(
+        argv, cwd=root, env=env, timeout=timeout, output_dir=scratch_dir, label=label
+    )
+    run.completed = done
+    if done.timed_out:
+        run.problem = f"pytest did not finish within {timeout:.0f} s and was killed"
+        return run
+    run.junit = read_junit(junit_path)
+    if run.junit is None:
+        run.problem = f"pytest wrote no junit report (exit {done.returncode}): {done.last_line()}"
     return run
 
 

@@ -2,11 +2,16 @@
 
 ruff runs once, from the repository root, with the project's *base* ruff config
 (``--config`` makes ruff use it for every file and ignore any config the model
-wrote; its relative paths resolve against the working directory) plus
-``--extend-select`` of the rules behind constraints 1, 2, 3 and 8, and with
-``--ignore-noqa`` so a ``# noqa`` the model adds cannot hide those. Constraint 9
-then counts only the rules the project itself selects, and honours a
-``# noqa: CODE`` naming the rule (not a blanket ``# noqa``).
+wrote; its relative paths resolve against the working directory), or with ruff's
+own defaults when the base has none (the seed's command is plain ``ruff check
+.``), plus ``--extend-select`` of the rules behind constraints 1, 2, 3 and 8. It
+runs with ``--ignore-noqa``: every file it is given is owned or changed by the
+model, so no ``# noqa`` there hides a finding; constraint 9 reports them with
+the comment named. Files are passed by name and without ``--force-exclude``, so
+an owned file in a folder ruff excludes by default (``build/``, ``dist/``,
+``venv/``) is checked too. Constraint 9 then counts only the rules the project
+itself selects, and follows the project's own ``exclude``/``extend-exclude``
+(e.g. generated Django migrations), never ruff's default folder exclusions.
 """
 
 from __future__ import annotations
@@ -36,13 +41,25 @@ HARNESS_RULES: dict[int, tuple[str, ...]] = {
 }
 ALL_HARNESS_RULES = tuple(code for codes in HARNESS_RULES.values() for code in codes)
 
-#: Used when the project has no ruff config: pycodestyle, pyflakes, isort, pyupgrade, bugbear.
-DEFAULT_SELECT = ("E", "F", "W", "I", "UP", "B")
-#: ruff's own default when a config sets no ``select``.
+#: Folder names ruff excludes by default; an owned file there is never left out.
+RUFF_DEFAULT_EXCLUDED = frozenset(
+    {
+        ".bzr", ".direnv", ".eggs", ".git", ".git-rewrite", ".hg", ".ipynb_checkpoints",
+        ".mypy_cache", ".nox", ".pants.d", ".pyenv", ".pytest_cache", ".pytype", ".ruff_cache",
+        ".svn", ".tox", ".venv", ".vscode", "__pypackages__", "_build", "buck-out", "build",
+        "dist", "node_modules", "site-packages", "venv",
+    }
+)  # fmt: skip
+#: ruff's own default when a config sets no ``select`` (and when there is no config at all).
 RUFF_DEFAULT_SELECT = ("E4", "E7", "E9", "F")
+#: Kept for callers of the first cut; the harness no longer widens ruff's defaults.
+DEFAULT_SELECT = RUFF_DEFAULT_SELECT
 RUFF_TIMEOUT_SECONDS = 120.0
+#: ruff's JSON for a huge repository could be larger; past this it is reported as unreadable.
+MAX_RUFF_OUTPUT = 64 * 1024 * 1024
 SYNTAX_RULE = "SYNTAX"
 
+_ENABLED_CODE = re.compile(r"\(([A-Z]+[0-9]+)\),?\s*$")
 _NOQA = re.compile(
     r"#\s*noqa(?::\s*(?P<codes>[A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*))?", re.IGNORECASE
 )
@@ -72,7 +89,10 @@ class RuffRun:
     error: str | None = None
     """Why ruff could not run or its output could not be read; ``None`` on success."""
     selection: RuleSelection | None = None
-    config_source: str = "harness default"
+    config_source: str = "ruff defaults"
+    project_excluded: set[str] = field(default_factory=set)
+    """Files the project's own ``exclude``/``extend-exclude`` leaves out (not ruff's defaults):
+    constraint 9 follows the project there; the harness rules still cover them."""
 
     def for_rules(self, codes: tuple[str, ...], files: set[str]) -> list[RuffDiagnostic]:
         """Diagnostics of the given rules in the given files."""
@@ -88,6 +108,8 @@ class RuleSelection:
 
     select: tuple[str, ...]
     ignore: tuple[str, ...]
+    codes: frozenset[str] | None = None
+    """The exact rule codes ruff reports as enabled (``--show-settings``); wins when known."""
 
     @classmethod
     def from_lint_table(cls, table: dict[str, Any]) -> RuleSelection:
@@ -101,6 +123,8 @@ class RuleSelection:
 
     def enables(self, code: str) -> bool:
         """Whether the project's config turns ``code`` on."""
+        if self.codes is not None:
+            return code in self.codes
         best: tuple[int, bool] | None = None
         for selector, on in [(s, True) for s in self.select] + [(s, False) for s in self.ignore]:
             if _matches(selector, code):
@@ -182,18 +206,27 @@ def run_ruff(
     """Run ruff once over ``files`` (repository-relative) and parse its JSON output."""
     config_path, table = project_ruff_config(base_config_dir)
     if config_path is None:
+        # An empty config: ruff's own defaults, and no config the model wrote is picked up.
         config_path = scratch_dir / "harness-ruff.toml"
-        select = ", ".join(f'"{s}"' for s in DEFAULT_SELECT)
-        config_path.write_text(f"[lint]\nselect = [{select}]\n", encoding="utf-8")
-        selection = RuleSelection(DEFAULT_SELECT, ())
-        source = f"harness default ({', '.join(DEFAULT_SELECT)})"
+        config_path.write_text(
+            "# ruff defaults: the base repository has no ruff config\n", encoding="utf-8"
+        )
+        selection = RuleSelection(RUFF_DEFAULT_SELECT, ())
+        source = "ruff's own defaults (the base repository has no ruff config)"
     else:
         lint = {**{k: v for k, v in table.items() if k != "lint"}, **table.get("lint", {})}
         selection = RuleSelection.from_lint_table(lint)
-        source = f"base {config_path.name}"
+        where = " [tool.ruff]" if config_path.name == "pyproject.toml" else ""
+        source = f"base {config_path.name}{where}"
+    if files:
+        codes = enabled_rules(space, config_path, files[0], scratch_dir)
+        if codes is not None:
+            selection = RuleSelection(selection.select, selection.ignore, codes)
     run = RuffRun(selection=selection, config_source=source)
     if not files:
         return run
+    if "exclude" in table or "extend-exclude" in table:
+        run.project_excluded = project_excluded(space, config_path, files, scratch_dir)
     argv = [
         sys.executable,
         "-m",
@@ -203,7 +236,6 @@ def run_ruff(
         "--no-fix",
         "--exit-zero",
         "--ignore-noqa",
-        "--force-exclude",
         "--output-format",
         "json",
         "--config",
@@ -228,12 +260,106 @@ def run_ruff(
         run.error = "ruff timed out" if done.timed_out else f"ruff failed: {done.last_line()}"
         return run
     try:
-        raw = json.loads(done.stdout or "[]")
+        raw = json.loads(_full_stdout(scratch_dir, "ruff") or "[]")
     except json.JSONDecodeError:
         run.error = "ruff output was not JSON"
         return run
     run.diagnostics = [_diagnostic(item, space.workdir) for item in raw]
     return run
+
+
+def project_excluded(
+    space: Workspace, config_path: Path, files: list[str], scratch_dir: Path
+) -> set[str]:
+    """Files the project's own ruff excludes leave out (``--show-files --force-exclude``), minus
+    those ruff's default exclusions alone would drop (an owned ``build/`` is still code)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "ruff",
+        "check",
+        "--no-cache",
+        "--show-files",
+        "--force-exclude",
+        "--config",
+        str(config_path),
+        "--",
+        *files,
+    ]
+    done = run_bounded(
+        argv,
+        cwd=space.workdir,
+        env=harness_env(),
+        timeout=RUFF_TIMEOUT_SECONDS,
+        output_dir=scratch_dir,
+        label="ruff-files",
+    )
+    if done.returncode != 0:
+        logger.warning("ruff --show-files failed: %s", done.last_line())
+        return set()
+    shown = set()
+    for line in _full_stdout(scratch_dir, "ruff-files").splitlines():
+        path = Path(line.strip())
+        if line.strip():
+            try:
+                shown.add(path.resolve().relative_to(space.workdir).as_posix())
+            except ValueError:
+                continue
+    return {
+        f for f in files if f not in shown and not set(Path(f).parts[:-1]) & RUFF_DEFAULT_EXCLUDED
+    }
+
+
+def enabled_rules(
+    space: Workspace, config_path: Path, sample: str, scratch_dir: Path
+) -> frozenset[str] | None:
+    """The rule codes ruff itself enables under ``config_path`` (its defaults change by version)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "ruff",
+        "check",
+        "--no-cache",
+        "--show-settings",
+        "--config",
+        str(config_path),
+        "--",
+        sample,
+    ]
+    done = run_bounded(
+        argv,
+        cwd=space.workdir,
+        env=harness_env(),
+        timeout=RUFF_TIMEOUT_SECONDS,
+        output_dir=scratch_dir,
+        label="ruff-settings",
+    )
+    if done.returncode != 0:
+        logger.warning("ruff --show-settings failed: %s", done.last_line())
+        return None
+    codes: set[str] = set()
+    inside = False
+    for line in _full_stdout(scratch_dir, "ruff-settings").splitlines():
+        if line.startswith("linter.rules.enabled"):
+            inside = True
+        elif inside and line.startswith("]"):
+            break
+        elif inside:
+            match = _ENABLED_CODE.search(line)
+            if match:
+                codes.add(match.group(1))
+    return frozenset(codes) if codes else None
+
+
+def _full_stdout(scratch_dir: Path, label: str) -> str:
+    """The whole stdout :func:`run_bounded` saved (its ``Completed.stdout`` is only the tail)."""
+    path = scratch_dir / f"{label}.stdout"
+    try:
+        if path.stat().st_size > MAX_RUFF_OUTPUT:
+            return ""
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _diagnostic(item: dict[str, Any], workdir: Path) -> RuffDiagnostic:

@@ -1,11 +1,16 @@
-"""Constraint 1, no SQL injection: ruff's S608 plus an AST pass over SQL sinks.
+"""Constraint 1, no SQL injection: ruff's S608 plus a data-flow pass over SQL sinks.
 
-The AST pass flags SQL text built at run time (f-string with a value, ``+``
-concatenation, ``%`` formatting, ``.format()``) that reaches a call that runs or
-wraps SQL: ``execute``/``executemany``/``executescript``/``exec_driver_sql``,
-SQLAlchemy ``text``, Django ``raw``/``extra``/``RawSQL``. A name is followed to
-its assignments in the same function (one level), which is how such strings
-usually travel.
+The data-flow pass (:mod:`sql_flow`) flags SQL text built from run-time values
+(an f-string, ``%``, ``.format()`` including a module-level template filled at
+the call, ``+``, ``str.join``, or a same-module helper returning such text)
+that reaches a call that runs or wraps SQL: ``execute``/``executemany``/
+``executescript``/``exec_driver_sql``/``mogrify``, asyncpg/``databases``
+``fetch*``, SQLAlchemy ``text``/``literal_column``, pandas ``read_sql``, Django ``raw``/``extra``/``RawSQL``, or a function of the same
+module that passes its parameter on to one of those (``run(sql)`` wrapping
+``cursor.execute(sql)``). Interpolating only module constants (a fixed column
+list, a constant lookup table) is not a finding. Findings on one statement are
+reported once (ruff's and the pass's); ruff's S608 counts only where the data
+flow finds text built from a run-time value on its line.
 """
 
 from __future__ import annotations
@@ -13,174 +18,301 @@ from __future__ import annotations
 import ast
 from typing import TYPE_CHECKING
 
-from taskbox_runner.verify.endpoints import call_name
+from taskbox_runner.verify.call_graph import import_map
+from taskbox_runner.verify.endpoints import FunctionNode, call_name, dotted_name, walk_function
 from taskbox_runner.verify.models import CheckOutcome, Finding
 from taskbox_runner.verify.ruff_run import HARNESS_RULES, RuffRun
+from taskbox_runner.verify.sql_flow import Judgement, ModuleFlow, Scope, params_of
+from taskbox_runner.verify.statements import one_per_statement
+from taskbox_runner.verify.workspace import module_name
 
 if TYPE_CHECKING:
     from taskbox_runner.verify.workspace import Workspace
 
 SINKS = frozenset(
-    {"execute", "executemany", "executescript", "exec_driver_sql", "text", "raw", "extra", "RawSQL"}
+    {
+        "execute",
+        "executemany",
+        "executescript",
+        "exec_driver_sql",
+        "mogrify",
+        "text",
+        "raw",
+        "extra",
+        "RawSQL",
+        "read_sql",
+        "read_sql_query",
+        "literal_column",
+        # asyncpg and the ``databases`` package
+        "fetch",
+        "fetchrow",
+        "fetchval",
+        "fetch_all",
+        "fetch_one",
+        "fetch_val",
+        "execute_many",
+    }
 )
 #: Keyword arguments that carry SQL text, besides the first positional one.
 SQL_KEYWORDS = frozenset(
     {"sql", "statement", "query", "raw_query", "where", "select", "tables", "order_by"}
 )
 RULE = "TB0101"
-#: How many names/concatenations deep a SQL argument is followed.
-MAX_FOLLOW_DEPTH = 3
+#: Rounds of "a function passing its parameter to a sink is a sink" (wrappers of wrappers).
+WRAPPER_ROUNDS = 3
 
 
-def dynamic_sql(node: ast.expr, assigned: dict[str, list[ast.expr]], depth: int = 0) -> str | None:
-    """How ``node`` builds a string from run-time values, or ``None`` if it does not."""
-    if depth > MAX_FOLLOW_DEPTH:
+def _sql_arguments(call: ast.Call, positions: dict[int | str, str] | None) -> list[ast.expr]:
+    """The arguments of a sink call that carry SQL text."""
+    if positions is None:
+        return call.args[:1] + [k.value for k in call.keywords if k.arg in SQL_KEYWORDS]
+    chosen = [a for i, a in enumerate(call.args) if i in positions]
+    return chosen + [k.value for k in call.keywords if k.arg in positions]
+
+
+def _is_sqlalchemy_text(call: ast.Call, imported: dict[str, str]) -> bool:
+    """``text(...)`` counts only when it is SQLAlchemy's (``text`` is a common name)."""
+    name = dotted_name(call.func)
+    first = name.partition(".")[0]
+    origin = imported.get(first, "")
+    return origin.startswith(("sqlalchemy", "sqlmodel")) or (not origin and name != "text")
+
+
+class SqlPass:
+    """Sinks and wrappers of one module, and the calls whose SQL is built at run time."""
+
+    def __init__(self, rel: str, tree: ast.Module, flow: ModuleFlow | None = None) -> None:
+        self.rel = rel
+        self.flow = flow or ModuleFlow(tree)
+        self.imported = _imports(tree)
+        self.wrappers: dict[str, dict[int | str, str]] = {}
+        self._calls: dict[int, list[ast.Call]] = {}
+        self._scopes: list[tuple[list[ast.AST], Scope]] | None = None
+        self._find_wrappers()
+
+    def calls(self, node: FunctionNode) -> list[ast.Call]:
+        """The calls in one function body (computed once)."""
+        if id(node) not in self._calls:
+            self._calls[id(node)] = _calls(node)
+        return self._calls[id(node)]
+
+    def _sink(self, call: ast.Call, scope: Scope) -> tuple[str, dict[int | str, str] | None] | None:
+        name = call_name(call)
+        if name in SINKS and (name != "text" or _is_sqlalchemy_text(call, self.imported)):
+            return name, None
+        target = self.flow._function(call.func, scope)  # noqa: SLF001 - same package
+        if target is not None and target.name in self.wrappers:
+            positions = dict(self.wrappers[target.name])
+            # ``self.run(sql)``: the bound method's first parameter is not in the call.
+            if isinstance(call.func, ast.Attribute) and params_of(target)[:1] in (
+                ["self"],
+                ["cls"],
+            ):
+                positions = {(k - 1 if isinstance(k, int) else k): v for k, v in positions.items()}
+            return f"{target.name}() -> {next(iter(positions.values()))}", positions
         return None
-    direct = _direct_shape(node)
-    if direct:
-        return direct
-    # Look through names (to their assignments), concatenations and lists for a dynamic part.
-    parts: list[ast.expr] = []
-    if isinstance(node, ast.Name):
-        parts = assigned.get(node.id, [])
-    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        parts = [node.left, node.right]
-    elif isinstance(node, ast.List | ast.Tuple):
-        parts = node.elts
-    for part in parts:
-        how = dynamic_sql(part, assigned, depth + 1)
-        if how:
-            return how
-    return _concatenation(node)
+
+    def _find_wrappers(self) -> None:
+        functions = list(self.flow.functions.values()) + list(self.flow.methods.values())
+        for _ in range(WRAPPER_ROUNDS):
+            for node in functions:
+                if node.name in self.wrappers:
+                    continue
+                params = params_of(node)
+                scope = self.flow.scope_of(node)
+                found: dict[int | str, str] = {}
+                for call in self.calls(node):
+                    sink = self._sink(call, scope)
+                    if sink is None:
+                        continue
+                    for argument in _sql_arguments(call, sink[1]):
+                        param = _parameter(argument, scope)
+                        if param in params:
+                            found[params.index(param)] = sink[0].split(" -> ")[-1]
+                            found[param] = sink[0].split(" -> ")[-1]
+                if found:
+                    self.wrappers[node.name] = found
+
+    def findings(self) -> list[Finding]:
+        """Every sink call whose SQL argument is built from run-time values."""
+        results = []
+        scopes: list[tuple[list[ast.Call], Scope]] = []
+        module_calls = [n for n in _module_level(self.flow.tree) if isinstance(n, ast.Call)]
+        scopes.append((module_calls, self.flow.module))
+        scopes += [
+            (self.calls(node), self.flow.scope_of(node))
+            for node in ast.walk(self.flow.tree)
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        ]
+        for calls, scope in scopes:
+            for call in calls:
+                sink = self._sink(call, scope)
+                if sink is None:
+                    continue
+                for argument in _sql_arguments(call, sink[1]):
+                    judged = self.flow.judge(argument, scope)
+                    if judged.built:
+                        results.append(
+                            Finding(
+                                self.rel,
+                                call.lineno,
+                                RULE,
+                                f"SQL built with {judged.how} reaches {sink[0]}(); "
+                                "pass values as bound parameters or use the ORM",
+                            )
+                        )
+                        break
+        return results
+
+    def built_on_line(self, line: int) -> bool:
+        """Whether text built from a run-time value is written on ``line`` (to judge ruff's S608)."""
+        if self._scopes is None:
+            self._scopes = [(_module_level(self.flow.tree), self.flow.module)]
+            self._scopes += [
+                (list(walk_function(node)), self.flow.scope_of(node))
+                for node in ast.walk(self.flow.tree)
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            ]
+        for nodes, scope in self._scopes:
+            for node in nodes:
+                if (
+                    isinstance(node, ast.JoinedStr | ast.BinOp | ast.Call)
+                    and node.lineno <= line <= (node.end_lineno or node.lineno)
+                    and self.flow.judge(node, scope).built
+                ):
+                    return True
+        return False
 
 
-def _direct_shape(node: ast.expr) -> str | None:
-    """f-string with a value, ``'...' % value`` or ``'...'.format(value)``."""
-    if isinstance(node, ast.JoinedStr) and any(
-        isinstance(v, ast.FormattedValue) for v in node.values
-    ):
-        return "an f-string"
-    if (
-        isinstance(node, ast.BinOp)
-        and isinstance(node.op, ast.Mod)
-        and _stringish(node.left)
-        and not _constant(node.right)
-    ):
-        return "% formatting"
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "format"
-        and _stringish(node.func.value)
-        and (node.args or node.keywords)
-    ):
-        return ".format()"
-    return None
+def _calls(node: FunctionNode) -> list[ast.Call]:
+    return [c for c in walk_function(node) if isinstance(c, ast.Call)]
 
 
-def _concatenation(node: ast.expr) -> str | None:
-    """``'...' + value``: a string joined with something that is not a constant."""
-    if (
-        isinstance(node, ast.BinOp)
-        and isinstance(node.op, ast.Add)
-        and (_stringish(node.left) or _stringish(node.right))
-        and not (_constant(node.left) and _constant(node.right))
-    ):
-        return "string concatenation"
-    return None
+def _module_level(tree: ast.Module) -> list[ast.AST]:
+    found: list[ast.AST] = []
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            stack.extend(ast.iter_child_nodes(node))
+    return found
 
 
-def _stringish(node: ast.expr) -> bool:
-    if isinstance(node, ast.Constant):
-        return isinstance(node.value, str)
-    if isinstance(node, ast.JoinedStr):
-        return True
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mod):
-        return _stringish(node.left) or _stringish(node.right)
-    return False
+def _parameter(argument: ast.expr, scope: Scope) -> str:
+    """The parameter an argument is, directly or through plain renames (``sql = query``)."""
+    seen: set[str] = set()
+    while isinstance(argument, ast.Name) and argument.id not in seen:
+        seen.add(argument.id)
+        if argument.id in scope.params:
+            return argument.id
+        values = scope.assigned.get(argument.id, [])
+        if len(values) != 1:
+            return ""
+        argument = values[0]
+    return ""
 
 
-def _constant(node: ast.expr) -> bool:
-    if isinstance(node, ast.Constant):
-        return True
-    if isinstance(node, ast.BinOp):
-        return _constant(node.left) and _constant(node.right)
-    if isinstance(node, ast.Tuple):
-        return all(_constant(e) for e in node.elts)
-    return False
+def _imports(tree: ast.Module) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                names[alias.asname or alias.name.split(".")[0]] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return names
 
 
-def _assignments(scope: ast.AST) -> dict[str, list[ast.expr]]:
-    """Values assigned to simple names in a scope (``x = ...`` and ``x += ...``)."""
-    assigned: dict[str, list[ast.expr]] = {}
-    for node in ast.walk(scope):
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    assigned.setdefault(target.id, []).append(node.value)
-        elif (
-            isinstance(node, ast.AugAssign | ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and node.value is not None
-        ):
-            value = node.value
-            if isinstance(node, ast.AugAssign):
-                # ``q += f"..."`` or ``q += user_value``: the result is built at run time.
-                value = ast.BinOp(left=ast.Constant(""), op=ast.Add(), right=value)
-            assigned.setdefault(node.target.id, []).append(value)
-    return assigned
+class ProjectFlows:
+    """One :class:`ModuleFlow` per module of the repository, resolving imported constants."""
+
+    def __init__(self, space: Workspace) -> None:
+        self.space = space
+        self.by_module: dict[str, str] = {}
+        for rel in space.source_python:
+            name = module_name(rel)
+            self.by_module[name] = rel
+            self.by_module.setdefault(name.removeprefix("src."), rel)
+        self.flows: dict[str, ModuleFlow] = {}
+        self.imports: dict[str, dict[str, str]] = {}
+        self.busy: set[tuple[str, str]] = set()
+
+    def flow(self, rel: str) -> ModuleFlow | None:
+        """The module's flow (``None`` when it does not parse)."""
+        if rel not in self.flows:
+            tree = self.space.tree(rel)
+            if tree is None:
+                return None
+            flow = ModuleFlow(tree)
+            flow.external = lambda name: self.lookup(rel, name)
+            flow.external_returns = lambda name: self.returns(rel, name)
+            self.flows[rel] = flow
+            self.imports[rel] = import_map(rel, tree)
+        return self.flows[rel]
+
+    def lookup(self, rel: str, name: str) -> Judgement | None:
+        """How a name ``rel`` imports from another project module is judged in that module."""
+        module, _, attr = self.imports.get(rel, {}).get(name, "").rpartition(".")
+        source = self.by_module.get(module)
+        key = (rel, name)
+        if source is None or key in self.busy:
+            return None
+        other = self.flow(source)
+        if other is None or attr not in other.module.assigned:
+            return None
+        self.busy.add(key)
+        try:
+            return other.judge(ast.Name(id=attr, ctx=ast.Load()), other.module)
+        finally:
+            self.busy.discard(key)
+
+    def returns(self, rel: str, name: str) -> Judgement | None:
+        """What a function ``rel`` imports from another project module returns."""
+        module, _, attr = self.imports.get(rel, {}).get(name, "").rpartition(".")
+        source = self.by_module.get(module)
+        key = (rel, f"{name}()")
+        if source is None or key in self.busy:
+            return None
+        other = self.flow(source)
+        function = other.functions.get(attr) if other is not None else None
+        if other is None or function is None:
+            return None
+        self.busy.add(key)
+        try:
+            return other.returns(function)
+        finally:
+            self.busy.discard(key)
 
 
 def find_sql_building(rel: str, tree: ast.Module) -> list[Finding]:
     """Every SQL sink in the module whose SQL argument is built at run time."""
-    findings = []
-    scopes: list[ast.AST] = [tree] + [
-        n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
-    ]
-    seen: set[int] = set()
-    # Innermost scope first, so a call is judged with its own function's assignments.
-    for scope in reversed(scopes):
-        assigned = _assignments(scope)
-        for node in ast.walk(scope):
-            if not isinstance(node, ast.Call) or id(node) in seen or call_name(node) not in SINKS:
-                continue
-            seen.add(id(node))
-            arguments = node.args[:1] + [k.value for k in node.keywords if k.arg in SQL_KEYWORDS]
-            for argument in arguments:
-                how = dynamic_sql(argument, assigned)
-                if how:
-                    findings.append(
-                        Finding(
-                            rel,
-                            node.lineno,
-                            RULE,
-                            f"SQL built with {how} reaches {call_name(node)}(); "
-                            "pass values as bound parameters or use the ORM",
-                        )
-                    )
-                    break
-    return findings
+    return SqlPass(rel, tree).findings()
 
 
 def check_sql_injection(space: Workspace, ruff: RuffRun) -> CheckOutcome:
     """Constraint 1 over the owned, non-test code."""
     files = space.owned_source
+    modules = ProjectFlows(space)
+    passes = {rel: SqlPass(rel, tree, modules.flow(rel)) for rel, tree in space.trees(files)}
+    # ruff's S608 is kept where the data flow agrees the text is built from a run-time value:
+    # an f-string of module constants (a fixed column list) is not an injection vector.
     findings = [
         Finding(d.path, d.line, d.code, d.message)
         for d in ruff.for_rules(HARNESS_RULES[1], set(files))
+        if d.path not in passes or passes[d.path].built_on_line(d.line)
     ]
-    for rel, tree in space.trees(files):
-        findings += find_sql_building(rel, tree)
+    for sql_pass in passes.values():
+        findings += sql_pass.findings()
+    # One statement, one report: ruff and the data-flow pass often agree on the same one.
+    kept = one_per_statement(space, findings)
     if ruff.error:
-        findings.append(Finding(files[0] if files else ".", 1, "TB0102", ruff.error))
-    # One place, one report: ruff and the AST pass often agree on the same line.
-    by_line: dict[tuple[str, int], Finding] = {}
-    for finding in sorted(findings):
-        by_line.setdefault((finding.path, finding.line), finding)
-    kept = list(by_line.values())
+        kept.append(Finding(files[0] if files else ".", 1, "TB0102", ruff.error))
     verdict = (
-        f"no SQL built from run-time strings in {len(files)} owned source files (ruff S608 + AST)"
+        f"no SQL built from run-time strings in {len(files)} owned source files "
+        "(ruff S608 + data flow)"
         if not kept
-        else f"{len(kept)} place(s) build SQL from run-time strings"
+        else f"{len(kept)} statement(s) build SQL from run-time strings"
     )
     return CheckOutcome(1, verdict, kept)

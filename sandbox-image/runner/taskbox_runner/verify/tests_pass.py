@@ -113,13 +113,21 @@ def _unreported(now: TestLines, review: _CaseReview) -> list[Finding]:
     ]
 
 
-def _removed(now: TestLines, base: dict[str, list[str]] | None) -> list[Finding]:
-    return [
-        Finding(rel, 1, "TB0505", f"{test_id} existed at the base and was removed")
-        for rel, ids in sorted((base or {}).items())
-        for test_id in ids
-        if test_id not in now.get(rel, {})
-    ]
+def removed_tests(now: TestLines, base: dict[str, list[str]] | None) -> list[Finding]:
+    """Base tests pytest would no longer collect: deleted, renamed (``_test_x``, ``x_check.py``),
+    or hidden (``__test__ = False``, a class that gained ``__init__``); found statically."""
+    findings = []
+    for rel, ids in sorted((base or {}).items()):
+        for test_id in ids:
+            if test_id in now.get(rel, {}):
+                continue
+            where = (
+                "was removed or renamed so pytest no longer collects it"
+                if rel in now
+                else "is gone: its file was removed or renamed so pytest no longer collects it"
+            )
+            findings.append(Finding(rel, 1, "TB0505", f"{test_id} existed at the base and {where}"))
+    return findings
 
 
 def check_tests(
@@ -140,7 +148,7 @@ def check_tests(
             5, f"tests did not run: {why}", [*findings, Finding(".", 1, "TB0507", why)]
         )
     review = _review_cases(junit, now, changed_files, workdir)
-    findings += review.findings + _unreported(now, review) + _removed(now, base)
+    findings += review.findings + _unreported(now, review) + removed_tests(now, base)
     ran = junit.tests - junit.skipped
     if ran <= 0:
         findings.append(

@@ -1,0 +1,75 @@
+"""The one place that picks a sandbox engine: ``open_engine(settings)``, keyed on ``TASKBOX_SANDBOX_BACKEND``.
+
+Nothing outside ``controller/sandbox/`` names a concrete backend; callers get an
+:class:`Engine` (the sandbox steps, the image operations and a liveness check)
+and the one lifecycle (``lifecycle.run_sandbox``) does the rest. A new backend
+adds its module beside ``docker.py`` and one branch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from controller.errors import SandboxError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from controller.image import ImageEngine
+    from controller.sandbox.backend import SandboxBackend
+    from controller.settings import Settings
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One engine as the controller uses it."""
+
+    name: str
+    """The backend's name, as ``TASKBOX_SANDBOX_BACKEND`` says it."""
+    backend: SandboxBackend
+    """The sandbox steps (create, start, wait, collect, remove, list by label)."""
+    images: ImageEngine
+    """Image lookups and builds on the same engine."""
+    ping: Callable[[], None]
+    """Raises SandboxError when the engine does not answer (the API's readiness probe)."""
+    facts: Callable[[], tuple[Mapping[str, Any], Mapping[str, Any]]]
+    """The engine's own description (Docker's ``info`` and ``version``) for preflight's
+    host checks; raises SandboxError when the engine does not answer."""
+    close: Callable[[], None]
+    """Release the engine connection."""
+
+
+def open_engine(settings: Settings) -> Engine:
+    """The engine ``settings.sandbox_backend`` names; raises SandboxError when it cannot be reached."""
+    if settings.sandbox_backend == "docker":
+        # Imported here: only a controller that runs sandboxes needs the docker SDK.
+        from controller.sandbox.docker import (  # noqa: PLC0415
+            DockerBackend,
+            DockerImages,
+            docker_client,
+        )
+
+        client = docker_client(settings)
+
+        def ping() -> None:
+            try:
+                client.ping()
+            except Exception as exc:
+                raise SandboxError(f"the Docker engine does not answer: {exc}") from exc
+
+        def facts() -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+            try:
+                return client.info(), client.version()
+            except Exception as exc:
+                raise SandboxError(f"the Docker engine does not answer: {exc}") from exc
+
+        return Engine(
+            name="docker",
+            backend=DockerBackend(client),
+            images=DockerImages(client),
+            ping=ping,
+            facts=facts,
+            close=client.close,
+        )
+    raise SandboxError(f"unknown sandbox backend {settings.sandbox_backend!r}")
