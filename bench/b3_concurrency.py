@@ -89,8 +89,8 @@ class MemorySampler:
 
 def _level(
     runner: TaskRunner, repo: Path, client: docker.DockerClient, count: int, tag: str
-) -> dict[str, float]:
-    """``count`` trivial tasks at once; what the level measured."""
+) -> tuple[dict[str, float], list[str]]:
+    """``count`` trivial tasks at once; what the level measured, and its errors."""
     durations: list[float] = []
     errors: list[str] = []
 
@@ -130,7 +130,7 @@ def _level(
         if memory.per_sandbox
         else float("nan"),
         "memory_peak_total_mib": round(max(memory.totals, default=0) / MIB, 1),
-    }
+    }, errors
 
 
 def run(ctx: BenchContext) -> BenchResult:
@@ -147,12 +147,15 @@ def run(ctx: BenchContext) -> BenchResult:
         controller_id=CONTROLLER_ID,
     )
     levels: list[dict[str, float]] = []
+    errors: list[str] = []
     for count in QUICK_LEVELS if ctx.quick else LEVELS:
         if budget.spent():
             log.warning("budget of %.0f s spent before %d tasks at once", budget.seconds, count)
             break
         log.info("B3: %d tasks at once", count)
-        levels.append(_level(runner, repo, ctx.client, count, f"{count}"))
+        level, failed = _level(runner, repo, ctx.client, count, f"{count}")
+        levels.append(level)
+        errors += [f"{count} at once: {error}" for error in failed]
     rows = [
         [
             str(int(level["tasks"])),
@@ -192,6 +195,7 @@ def run(ctx: BenchContext) -> BenchResult:
             f"({best['tasks_per_minute'] / (ctx.client.info().get('NCPU') or 1):.1f} tasks/min per core); "
             f"errors over all levels: {sum(int(level['errors']) for level in levels)}."
         )
+    notes += [f"Error: {error}" for error in errors[:5]]
     return BenchResult(
         key="B3",
         title="concurrent tasks: throughput and scaling",
@@ -199,5 +203,5 @@ def run(ctx: BenchContext) -> BenchResult:
         duration_seconds=round(budget.elapsed(), 1),
         tables=[table],
         notes=notes,
-        data={"levels": to_json(levels)},
+        data={"levels": to_json(levels), "errors": to_json(errors)},
     )

@@ -38,7 +38,7 @@ from controller.sandbox.task_sandbox import run_in_task_sandbox
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from controller.contract import Task
+    from taskbox_wire.contract import Task
 
 log = logging.getLogger("bench.b4")
 

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING
 
 from bench.harness import BenchContext, BenchError, BenchResult, Budget, Table, expect
 from bench.projects import example_repo, trivial_task
-from controller.contract import TaskResult
 from controller.settings import PROJECT_ROOT
 from controller.store import NewEvent, NewTask, TaskStore
+from taskbox_wire.contract import TaskResult
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

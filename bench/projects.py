@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from controller.contract import Task
 from controller.settings import PROJECT_ROOT
+from taskbox_wire.contract import Task
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -21,8 +21,8 @@ from controller.policy.planner import MountPlan, plan_mounts
 from controller.policy.schema import Policy
 
 if TYPE_CHECKING:
-    from controller.contract import Task
     from controller.image import ImageEngine
+    from taskbox_wire.contract import Task
 
 
 class Admission(BaseModel):

@@ -477,7 +477,14 @@ def _project_sources(project_root: Path) -> list[Path]:
     readme = project_root / "README.md"
     if readme.is_file():
         files.append(readme)
-    for package in (project_root / "controller", project_root / "sandbox-image" / "runner"):
+    # The controller is in the wheel (the controller image installs it too); the sandbox
+    # image's Dockerfile keeps only the runner and the wire package.
+    packages = (
+        project_root / "controller",
+        project_root / "taskbox_wire",
+        project_root / "sandbox-image" / "runner",
+    )
+    for package in packages:
         files += [
             p
             for p in package.rglob("*")

@@ -24,8 +24,6 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from taskbox_runner.config import JudgeConfig
-
 from controller.events import RunEvent
 from controller.sandbox.lifecycle import run_sandbox
 from controller.sandbox.spec import PHASE_JUDGE_STATIC, PHASE_JUDGE_TESTS, build_container_spec
@@ -38,6 +36,8 @@ from controller.verdict import (
     merge_phases,
     parse_phase_report,
 )
+from taskbox_wire.config import JudgeConfig
+from taskbox_wire.paths import judge_command, judge_report
 
 if TYPE_CHECKING:
     import threading
@@ -53,8 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The judge's command: ``-P`` keeps /work off sys.path (a model-written module never shadows ours).
-JUDGE_COMMAND = ["python", "-P", "-m", "taskbox_runner.judge", "--phase"]
 #: Phase names as the in-sandbox judge knows them, by container phase.
 _PHASES = {PHASE_JUDGE_STATIC: "static", PHASE_JUDGE_TESTS: "tests"}
 
@@ -182,12 +180,12 @@ class CandidateJudge:
             staging=staging,
             image=self._image,
             run_id=self._run_id,
-            command=[*JUDGE_COMMAND, name],
+            command=judge_command(name),
             controller_id=self._controller_id,
             phase=phase,
             owned_writable=phase != PHASE_JUDGE_STATIC,
         )
-        report_file = f"{name}.json"
+        report_file = judge_report(name)
         log_sink = SandboxLog(self._record.folder / f"{phase}.log", lambda _event: None)
         try:
             run: SandboxRun = run_sandbox(

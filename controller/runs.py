@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import threading
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from controller.admission import Admission, admit
-from controller.contract import Task, TaskResult, TaskStatus, commit_subject
 from controller.errors import IngestionError, SandboxError, TaskboxError
 from controller.events import EventSink, RunEvent
 from controller.gateway import GatewayThread, GatewayUsage, ModelGateway, make_upstream
@@ -34,6 +34,8 @@ from controller.sandbox.task_sandbox import run_config_for
 from controller.sandbox_log import SandboxLog
 from controller.staging import remove_staging, stage_run
 from controller.verdict import Verdict, settle
+from taskbox_wire.contract import Task, TaskResult, TaskStatus, commit_subject
+from taskbox_wire.paths import BUNDLE_FILE, RESULT_FILE, RUNNER_COMMAND
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,13 +47,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
-BUNDLE_FILE = "result.bundle"
 #: The agent's own result.json, as it came out of its sandbox (a claim, kept for the record).
 AGENT_RESULT_FILE = "agent-result.json"
 #: The landing intent, written right before the branch is: recovery reads it after a crash.
 LANDING_FILE = "landing.json"
-RUNNER_COMMAND = ["python", "-m", "taskbox_runner"]
 IDENTITY = CommitIdentity(name="Taskbox", email="taskbox@localhost")
 
 
@@ -94,6 +93,26 @@ class RunRecord:
     def write_json(self, name: str, data: Any) -> None:
         """Write one JSON document of the record."""
         (self.dir / name).write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+    def write_json_durably(self, name: str, data: Any) -> None:
+        """Write one JSON document so that it is whole on disk before this returns.
+
+        A temporary file is written and fsync'd, renamed over the name, and the folder
+        fsync'd: after a crash the document is either absent or complete.
+        """
+        text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+        temp = self.dir / f".{name}.{os.getpid()}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temp.replace(self.dir / name)
+        folder = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write one raw file of the record (the bundle)."""
@@ -222,7 +241,7 @@ class TaskRunner:
             plan=plan,
             sink=sink,
             cancel=cancel,
-            command=command or RUNNER_COMMAND,
+            command=command or list(RUNNER_COMMAND),
             image=admission.image,
         )
         try:
@@ -415,8 +434,9 @@ class TaskRunner:
                 commit_date=run.meta.commit_date,
                 judge=self._judge(run, agent),
                 agent_exit_code=outcome.exit_code,
-                on_landing=lambda branch, commit, result: record.write_json(
-                    # Written before the ref update: recovery recognises a crash in between.
+                on_landing=lambda branch, commit, result: record.write_json_durably(
+                    # Written (and synced) before the ref update: recovery recognises a crash
+                    # in between, even a power loss that keeps the ref.
                     LANDING_FILE,
                     {"branch": branch, "commit": commit, "result": result.model_dump(mode="json")},
                 ),

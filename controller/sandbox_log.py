@@ -14,9 +14,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from taskbox_runner.progress import EVENT_PREFIX
 
 from controller.events import RunEvent
+from taskbox_wire.progress import EVENT_PREFIX, MAX_MESSAGE_CHARS, STAGES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,14 +26,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Stages a sandbox may report through its log; anything else it prints is only logged.
-SANDBOX_EVENT_STAGES = frozenset({"round", "checks", "model", "tool"})
+SANDBOX_EVENT_STAGES = STAGES
 MAX_SANDBOX_EVENTS = 500
 #: Longest event payload (the JSON after the prefix) that is parsed at all.
 MAX_EVENT_PAYLOAD_CHARS = 4096
 #: Longest line held while waiting for its newline; a longer line is cut (kept in the log file).
 MAX_LINE_CHARS = 2 * MAX_EVENT_PAYLOAD_CHARS
 #: Longest event message passed on.
-MAX_EVENT_MESSAGE_CHARS = 500
+MAX_EVENT_MESSAGE_CHARS = MAX_MESSAGE_CHARS
 
 
 class SandboxProgress(BaseModel):

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Annotated, Protocol
 
 from pydantic import BaseModel, ConfigDict, JsonValue, StringConstraints, ValidationError
 
-from controller.contract import Task, TaskResult
 from controller.errors import (
     AuditNotFoundError,
     BaseRefError,
@@ -54,6 +53,7 @@ from controller.store import (
     TaskState,
     TaskStore,
 )
+from taskbox_wire.contract import Task, TaskResult
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence

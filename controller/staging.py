@@ -16,6 +16,7 @@ from controller.errors import SandboxError
 from controller.gitrepo import read_blobs
 from controller.removal import remove_tree
 from controller.sandbox.spec import StagingPaths
+from taskbox_wire.paths import BASE_DIR, F2P_DIR
 
 if TYPE_CHECKING:
     from controller.policy.planner import MountPlan
@@ -124,7 +125,10 @@ def stage_judge(
     no model. Nothing is ever read from the agent's staging folder.
     """
     paths = StagingPaths.under(root).model_copy(
-        update={"gateway": None, "extra_read_only": {"/base": root / "base", "/f2p": root / "f2p"}}
+        update={
+            "gateway": None,
+            "extra_read_only": {BASE_DIR: root / "base", F2P_DIR: root / "f2p"},
+        }
     )
     try:
         root.mkdir(parents=True, exist_ok=False, mode=0o755)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from controller.contract import (
+from taskbox_wire.contract import (
     ConstraintReport,
     SafeText,
     TaskResult,

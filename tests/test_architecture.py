@@ -64,7 +64,9 @@ def test_the_controller_imports_nothing_of_the_runner(path: Path) -> None:
     assert not [m for m in imported_modules(path) if m.split(".")[0] == "taskbox_runner"], path
 
 
-@pytest.mark.parametrize("path", python_files(RUNNER), ids=lambda p: str(p.relative_to(PROJECT_ROOT)))
+@pytest.mark.parametrize(
+    "path", python_files(RUNNER), ids=lambda p: str(p.relative_to(PROJECT_ROOT))
+)
 def test_the_runner_imports_nothing_of_the_controller(path: Path) -> None:
     """The image ships the runner and the wire package, not the controller."""
     assert not [m for m in imported_modules(path) if m.split(".")[0] == "controller"], path

@@ -23,16 +23,16 @@ from controller.api.metrics import TaskMetrics
 from controller.api.middleware import BearerGate, RequestContextMiddleware
 from controller.api.redact import HostPathRedactor
 from controller.api.routes import system, tasks
-from controller.contract import (
+from controller.service import TaskService
+from controller.settings import PROJECT_ROOT, Settings
+from controller.store import TaskStore
+from taskbox_wire.contract import (
     TASK_KEY_PATTERN,
     ContractResult,
     CtxResult,
     SchemaResult,
     json_schemas,
 )
-from controller.service import TaskService
-from controller.settings import PROJECT_ROOT, Settings
-from controller.store import TaskStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping

@@ -1,6 +1,6 @@
 """Request and response bodies of the API (camelCase on the wire, like the task contract).
 
-``Task`` and ``TaskResult`` come from :mod:`controller.contract` unchanged; the
+``Task`` and ``TaskResult`` come from :mod:`taskbox_wire.contract` unchanged; the
 models here wrap them. Inputs forbid unknown fields; every field documents
 itself, and those docstrings become the OpenAPI descriptions.
 """
@@ -13,9 +13,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 from pydantic.alias_generators import to_camel
 
-from controller.contract import Task
 from controller.policy.schema import Policy
 from controller.store import TaskState
+from taskbox_wire.contract import Task
 
 #: A repository name as the settings define it; never a path.
 RepositoryName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]

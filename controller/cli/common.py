@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import click
 from pydantic import ValidationError
 
-from controller.contract import Task
 from controller.display import escape_text
 from controller.errors import InvalidTaskError
+from taskbox_wire.contract import Task
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -16,10 +16,10 @@ from controller.cli.common import CliError, echo_safe, load_task_file
 from controller.display import make_console, safe_text
 from controller.errors import SandboxError, TaskboxError
 from controller.policy.loader import load_policy_file
-from controller.runs import RUNNER_COMMAND
 from controller.sandbox.engines import open_engine
 from controller.sandbox.spec import ContainerSpec, StagingPaths, build_container_spec
 from controller.settings import get_settings
+from taskbox_wire.paths import RUNNER_COMMAND
 
 if TYPE_CHECKING:
     from controller.image import ImageEngine

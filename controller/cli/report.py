@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
     from rich.console import RenderableType
 
-    from controller.contract import TaskResult
     from controller.events import RunEvent
+    from taskbox_wire.contract import TaskResult
 
 #: Evidence lines shown for a failed check (the record keeps them all).
 EVIDENCE_LINES = 3

@@ -20,9 +20,9 @@ from controller.sandbox.engines import open_engine
 from controller.settings import get_settings
 
 if TYPE_CHECKING:
-    from controller.contract import TaskResult
     from controller.events import RunEvent
     from controller.settings import Settings
+    from taskbox_wire.contract import TaskResult
 
 log = logging.getLogger(__name__)
 

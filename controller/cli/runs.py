@@ -21,9 +21,9 @@ from rich.text import Text
 
 from controller.cli.common import CliError
 from controller.cli.report import result_report
-from controller.contract import TaskResult
 from controller.display import escape_json, make_console, safe_text
 from controller.settings import get_settings
+from taskbox_wire.contract import TaskResult
 
 #: A run id as ``new_run_id`` makes them; anything else given as RUN must be a folder path.
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")

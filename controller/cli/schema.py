@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from controller.contract import json_schemas
+from taskbox_wire.contract import json_schemas
 
 
 def render_schemas() -> dict[str, str]:

@@ -18,7 +18,7 @@ from controller.policy.schema import POLICY_NAME, Limits, Policy
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from controller.contract import ResourceRequest
+    from taskbox_wire.contract import ResourceRequest
 
 MAX_EXTENDS_DEPTH = 8
 

@@ -24,8 +24,8 @@ from controller.pathnames import fold, path_key, unportable_path_reason
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from controller.contract import Task
     from controller.policy.schema import Policy
+    from taskbox_wire.contract import Task
 
 MAX_PATH_BYTES = 1024
 MAX_COMPONENT_BYTES = 255

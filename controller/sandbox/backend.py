@@ -1,6 +1,6 @@
 """The sandbox backend interface: what the controller needs from any container engine.
 
-Docker (``controller/sandbox/docker.py``) is the first implementation; a
+Docker (``controller/sandbox/docker/``) is the first implementation; a
 Kubernetes one would implement the same ``Protocol``. Errors (controller/errors.py):
 
     SandboxError            the engine failed, or an operation was refused

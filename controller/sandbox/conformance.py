@@ -50,22 +50,22 @@ from controller.sandbox.backend import EXIT_SIGKILL, MANDATORY_SETTINGS
 from controller.sandbox.lifecycle import run_sandbox
 from controller.sandbox.spec import (
     LABEL_RUN,
-    WORKDIR,
     ContainerSpec,
     build_container_spec,
 )
 from controller.sandbox.task_sandbox import run_config_for
 from controller.staging import remove_staging, stage_run
+from taskbox_wire.paths import WORKDIR
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
-    from controller.contract import Task
     from controller.policy.planner import MountPlan
     from controller.policy.schema import Policy
     from controller.sandbox.backend import SandboxBackend
     from controller.sandbox.fake import Exit, FakeSandbox
+    from taskbox_wire.contract import Task
 
 log = logging.getLogger(__name__)
 

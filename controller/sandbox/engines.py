@@ -3,7 +3,7 @@
 Nothing outside ``controller/sandbox/`` names a concrete backend; callers get an
 :class:`Engine` (the sandbox steps, the image operations and a liveness check)
 and the one lifecycle (``lifecycle.run_sandbox``) does the rest. A new backend
-adds its module beside ``docker.py`` and one branch here.
+adds its package beside ``docker/`` and one branch here.
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ from controller.sandbox.spec import (
     LABEL_MANAGED,
     LABEL_RUN,
     LABEL_TASK,
-    OUTDIR,
 )
+from taskbox_wire.paths import OUTDIR
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator, Mapping

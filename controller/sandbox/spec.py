@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskbox_wire.paths import GATEWAY_DIR, OUTDIR, RUN_CONFIG, TASKBOX_DIR, WORKDIR
+
 if TYPE_CHECKING:
     from controller.policy.planner import MountPlan
     from controller.policy.schema import Policy
@@ -19,11 +21,6 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 
 #: Where things live inside every sandbox (shared with the runner's RunConfig defaults).
-WORKDIR = "/work"
-OUTDIR = "/out"
-TASKBOX_DIR = "/taskbox"
-GATEWAY_DIR = "/run/taskbox"
-RUN_CONFIG = f"{TASKBOX_DIR}/run.json"
 
 #: Labels every Taskbox container carries; cleanup finds orphans by ``managed``.
 LABEL_MANAGED = "org.taskbox.managed"

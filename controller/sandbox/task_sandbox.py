@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, SecretStr
-from taskbox_runner.config import RunBudget, RunConfig
 
 from controller.admission import admit
 from controller.errors import InvalidTaskError
@@ -23,14 +22,15 @@ from controller.sandbox.backend import SandboxRun
 from controller.sandbox.lifecycle import run_sandbox
 from controller.sandbox.spec import build_container_spec
 from controller.staging import remove_staging, stage_run
+from taskbox_wire.config import RunBudget, RunConfig
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from controller.contract import Task
     from controller.image import ImageEngine
     from controller.policy.schema import Policy
     from controller.sandbox.backend import SandboxBackend
+    from taskbox_wire.contract import Task
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from click.testing import CliRunner
 
 from controller.admission import admit, plan_admission
 from controller.cli import cli
-from controller.contract import Task
 from controller.errors import InvalidTaskError
 from controller.image import build_repo_image
 from controller.runs import TaskRunner, new_run_id
 from controller.sandbox.engines import open_engine
 from controller.settings import PROJECT_ROOT, Settings
+from taskbox_wire.contract import Task
 from tests.conftest import copy_example_repo
 
 if TYPE_CHECKING:

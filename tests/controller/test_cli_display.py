@@ -16,10 +16,10 @@ from click.testing import CliRunner
 
 from controller.api.logs import JsonLineFormatter, KeyValueFormatter
 from controller.cli import cli
-from controller.contract import TaskResult
 from controller.display import EscapingFormatter, escape_text
 from controller.events import RunEvent
 from controller.settings import PROJECT_ROOT
+from taskbox_wire.contract import TaskResult
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -396,8 +396,8 @@ def test_evidence_lines_cannot_add_rows(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert not RAW.search(output)
 
 
-#: The agent's claim beside the verdict (``controller.contract.AgentClaim``), where the contract has it.
-AGENT_CLAIM: Any = getattr(importlib.import_module("controller.contract"), "AgentClaim", None)
+#: The agent's claim beside the verdict (``taskbox_wire.contract.AgentClaim``), where the contract has it.
+AGENT_CLAIM: Any = getattr(importlib.import_module("taskbox_wire.contract"), "AgentClaim", None)
 
 
 @pytest.mark.skipif(AGENT_CLAIM is None, reason="the result carries no agent claim yet")

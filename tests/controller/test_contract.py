@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from controller.cli.schema import render_schemas
-from controller.contract import Task, TaskResult, parse_untrusted_result
 from controller.settings import PROJECT_ROOT
+from taskbox_wire.contract import Task, TaskResult, parse_untrusted_result
 
 
 def wire(**overrides: Any) -> dict[str, Any]:

@@ -10,14 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from controller import ingest as ingest_module
-from controller.contract import Task
 from controller.errors import IngestionError
 from controller.gitrepo import SAFE_GIT_ENV, list_tree, read_blobs, resolve_commit
 from controller.ingest import BUNDLE_REF, CommitIdentity, IngestedResult, ingest
+from controller.ingest import bundle as ingest_bundle
+from controller.ingest import git as ingest_git
+from controller.ingest import paths as ingest_paths
 from controller.policy.loader import load_policy
 from controller.policy.planner import MountPlan, plan_mounts
 from controller.policy.schema import Ingestion, Limits, Policy
+from taskbox_wire.contract import Task
 from tests import packforge
 from tests.claim_judge import claim_judge
 from tests.packforge import GIB, Entry, delta_bomb_entries, pack, repository_objects
@@ -1057,7 +1059,7 @@ def test_host_git_identity_never_leaks(world: World, monkeypatch: pytest.MonkeyP
 def test_path_rules_behind_fsck(raw: bytes, reason: str) -> None:
     """The path rules refuse on their own what fsck also catches, so neither layer stands alone."""
     with pytest.raises(IngestionError, match=f"^{reason}: "):
-        ingest_module._decoded_path(raw)
+        ingest_paths.decoded_path(raw)
 
 
 def test_pre_existing_case_clash_does_not_block(tmp_path: Path, policy: Policy) -> None:
@@ -1141,13 +1143,13 @@ def test_a_delta_bomb_is_refused_before_host_git_reads_the_bundle(
     bomb = hand_bundle(box, delta_bomb_entries(result_size=3 * GIB // 2))
     assert len(bomb) < 20_000
     commands: list[str] = []
-    real_run_git = ingest_module._run_git
+    real_run_git = ingest_git.run_git
 
     def spy(prefix: Any, args: Any, **kwargs: Any) -> Any:
         commands.append(args[0])
         return real_run_git(prefix, args, **kwargs)
 
-    monkeypatch.setattr(ingest_module, "_run_git", spy)
+    monkeypatch.setattr(ingest_git, "run_git", spy)
 
     error = world.assert_refused("file_too_large", lambda: world.ingest(bomb))
 
@@ -1169,7 +1171,7 @@ def test_a_delta_result_over_the_policys_file_limit_is_refused(
     with pytest.raises(
         IngestionError, match=r"^file_too_large: .*delta rebuilds .*file limit, 1 MiB"
     ):
-        ingest_module._bundle_tip(data, world.policy)
+        ingest_bundle.bundle_tip(data, world.policy)
 
 
 def test_a_pack_declaring_billions_of_objects_is_refused(world: World) -> None:
@@ -1189,10 +1191,10 @@ def test_host_git_runs_under_a_memory_limit(world: World, tmp_path: Path) -> Non
     box.commit()
     path = tmp_path / "bomb.bundle"
     path.write_bytes(hand_bundle(box, delta_bomb_entries(result_size=3 * GIB // 2)))
-    repo = ingest_module._IngestRepo.create(tmp_path / "ingest.git", world.policy)
+    repo = ingest_git.IngestRepo.create(tmp_path / "ingest.git", world.policy)
 
     with pytest.raises(IngestionError, match=r"(?i)^bundle_invalid: .*out of memory"):
-        ingest_module._fetch_bundle(repo, path, git(box.root, "rev-parse", "HEAD"))
+        ingest_bundle.fetch_bundle(repo, path, git(box.root, "rev-parse", "HEAD"))
 
 
 # --------------------------------------------------------------------------- names other systems cannot check out

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from controller.contract import Task, TaskResult
 from controller.events import RunEvent
 from controller.gateway import read_transcript
 from controller.runs import RunRecord, TaskRunner, new_run_id
 from controller.sandbox.docker import DockerBackend, DockerImages
 from controller.settings import PROJECT_ROOT, Settings
+from taskbox_wire.contract import Task, TaskResult
 from tests.conftest import EXAMPLE_REPO, copy_example_repo, git
 
 pytestmark = pytest.mark.docker

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from controller.contract import Task, TaskResult
 from controller.errors import (
     BaseRefError,
     InvalidTaskError,
@@ -29,6 +28,7 @@ from controller.service import (
     request_hash,
 )
 from controller.store import NewEvent, TaskKeyTakenError, TaskStore
+from taskbox_wire.contract import Task, TaskResult
 from tests.conftest import git
 from tests.controller.api.fake_executor import FakeExecutor, wait_for
 

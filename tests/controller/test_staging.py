@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from controller.contract import Task
 from controller.errors import SandboxError
 from controller.gitrepo import list_tree
 from controller.policy.loader import load_policy
@@ -17,6 +16,7 @@ from controller.policy.planner import MountPlan, plan_mounts
 from controller.policy.schema import Policy
 from controller.settings import PROJECT_ROOT
 from controller.staging import remove_staging, stage_run
+from taskbox_wire.contract import Task
 from tests.conftest import RepoFactory
 
 FILES = {

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from controller.contract import ConstraintReport, TaskResult, TestResults
 from controller.verdict import (
     JudgeOutputError,
     PhaseReport,
@@ -16,6 +15,7 @@ from controller.verdict import (
     parse_phase_report,
     settle,
 )
+from taskbox_wire.contract import ConstraintReport, TaskResult, TestResults
 
 NAMES = [f"check {i}" for i in range(1, 11)]
 

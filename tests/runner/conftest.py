@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 from taskbox_runner.checks import BaseTests, CheckRequest
-from taskbox_runner.config import RunBudget, RunConfig
 
-from controller.contract import ConstraintReport, Task, TestResults
 from controller.gateway import GatewayThread, ModelGateway, ScriptedUpstream, read_transcript
 from controller.policy.schema import ModelBudget
+from taskbox_wire.config import RunBudget, RunConfig
+from taskbox_wire.contract import ConstraintReport, Task, TestResults
 
 TOKEN = "runner-test-token-0123456789abcdef"  # noqa: S105 - a test run token, not a secret
 MODEL = "claude-sonnet-4-6"

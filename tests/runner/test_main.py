@@ -18,7 +18,7 @@ from taskbox_runner.__main__ import EXIT_NO_RESULT, SecretRedactor, main
 from taskbox_runner.checks import CheckRequest
 from taskbox_runner.scratch_git import BUNDLE_REF
 
-from controller.contract import parse_untrusted_result
+from taskbox_wire.contract import parse_untrusted_result
 from tests.conftest import GIT_ENV
 from tests.runner.conftest import (
     TOKEN,

@@ -8,7 +8,7 @@ from taskbox_runner.loop import LoopOutcome, TokenUsage
 from taskbox_runner.result import build_result, failure_result, merge_missing, write_result
 from taskbox_runner.scratch_git import WorkCommit
 
-from controller.contract import ConstraintReport, parse_untrusted_result
+from taskbox_wire.contract import ConstraintReport, parse_untrusted_result
 from tests.runner.conftest import FakeReport, failing_report, passing_report
 
 SHA = "a" * 40

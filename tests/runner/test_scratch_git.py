@@ -7,10 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from taskbox_runner.scratch_git import BUNDLE_REF, ScratchRepo
+from taskbox_runner.scratch_git import BUNDLE_REF, ScratchGitError, ScratchRepo
 
-from controller.contract import commit_subject
-from controller.errors import RepositoryError
+from taskbox_wire.contract import commit_subject
 from tests.conftest import GIT_ENV
 from tests.runner.conftest import blob_id
 
@@ -76,13 +75,13 @@ def test_base_commit_refuses_a_changed_or_missing_file(
     """A blob id that does not match, a missing file or a bad mode stops the run before any commit."""
     work, base = staged
     wrong = dict(base, **{"app/main.py": blob_id(b"something else\n")})
-    with pytest.raises(RepositoryError, match=r"app/main\.py: blob"):
+    with pytest.raises(ScratchGitError, match=r"app/main\.py: blob"):
         new_repo(tmp_path, work, "a").commit_base(wrong, {}, task_key="BE-1")
-    with pytest.raises(RepositoryError, match="missing"):
+    with pytest.raises(ScratchGitError, match="missing"):
         new_repo(tmp_path, work, "b").commit_base(
             dict(base, **{"gone.py": "0" * 40}), {}, task_key="BE-1"
         )
-    with pytest.raises(RepositoryError, match="mode"):
+    with pytest.raises(ScratchGitError, match="mode"):
         new_repo(tmp_path, work, "c").commit_base(base, {"app/main.py": "120000"}, task_key="BE-1")
 
 
@@ -94,7 +93,7 @@ def test_base_file_behind_a_symlink_is_refused(
     (work / "app/main.py").unlink()
     (work / "app/main.py").symlink_to(tmp_path / "elsewhere.py")
     (tmp_path / "elsewhere.py").write_text(FILES["app/main.py"])
-    with pytest.raises(RepositoryError, match="not a regular file"):
+    with pytest.raises(ScratchGitError, match="not a regular file"):
         new_repo(tmp_path, work).commit_base(base, {}, task_key="BE-1")
 
 
@@ -103,7 +102,7 @@ def test_git_dir_inside_the_work_tree_is_refused(
 ) -> None:
     """The scratch git dir never lives inside /work."""
     work, _ = staged
-    with pytest.raises(RepositoryError, match="outside"):
+    with pytest.raises(ScratchGitError, match="outside"):
         ScratchRepo.init(work / "scratch.git", work)
 
 

@@ -29,7 +29,6 @@ import pytest
 from docker.errors import DockerException
 
 from controller.admission import admit
-from controller.contract import Task
 from controller.gitrepo import SAFE_GIT_ENV
 from controller.runs import TaskRunner
 from controller.sandbox.backend import SandboxHandle
@@ -49,6 +48,7 @@ from controller.sandbox.task_sandbox import (
 )
 from controller.settings import PROJECT_ROOT, Settings
 from controller.staging import remove_staging, stage_run
+from taskbox_wire.contract import Task
 
 HERE = Path(__file__).resolve().parent
 PROBE_SOURCE = HERE / "probes" / "sandbox_probe.py"

@@ -17,9 +17,9 @@ import subprocess
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from controller.contract import commit_subject
 from controller.gitrepo import MODE_EXECUTABLE, MODE_FILE, read_blobs
 from controller.ingest import BUNDLE_REF, CommitIdentity, IngestedResult, ingest
+from taskbox_wire.contract import commit_subject
 from tests.claim_judge import claim_judge
 from tests.security.conftest import GIT_ENV
 

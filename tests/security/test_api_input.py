@@ -25,7 +25,6 @@ import uvicorn
 from pydantic import ValidationError
 
 from controller.api import create_app
-from controller.contract import Task
 from controller.errors import InvalidTaskError, PolicyError
 from controller.policy.loader import load_policy
 from controller.policy.planner import RefusalReason
@@ -33,6 +32,7 @@ from controller.runs import TaskRunner
 from controller.sandbox.docker import DockerImages
 from controller.sandbox.spec import LABEL_POLICY
 from controller.settings import PROJECT_ROOT
+from taskbox_wire.contract import Task
 from tests.security.conftest import (
     CONTROLLER_ID,
     PROBE_PATH,

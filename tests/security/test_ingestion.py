@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from controller import ingest as ingest_module
 from controller.admission import admit
-from controller.contract import commit_subject
 from controller.errors import IngestionError, InvalidTaskError
 from controller.ingest import BUNDLE_REF
+from controller.ingest import bundle as bundle_module
+from controller.ingest import git as ingest_git
 from controller.policy.loader import load_policy
 from controller.runs import new_run_id
 from controller.settings import PROJECT_ROOT
+from taskbox_wire.contract import commit_subject
 from tests import packforge
 from tests.packforge import GIB, Entry, delta_bomb_entries, pack, repository_objects
 from tests.security.conftest import (
@@ -236,7 +237,7 @@ def test_controller_never_clones_or_trusts_a_repository_it_did_not_make() -> Non
         assert not re.search(r"""["']clone["']""", text), f"{path} runs git clone"
         assert "safe.directory" not in text, f"{path} touches safe.directory"
         assert "--recurse-submodules" not in text, f"{path} recurses into submodules"
-    ingest_source = sources[PROJECT_ROOT / "controller" / "ingest.py"]
+    ingest_source = sources[PROJECT_ROOT / "controller" / "ingest" / "git.py"]
     for setting in ("core.hooksPath", "core.fsmonitor", "transfer.fsckObjects"):
         assert setting in ingest_source
 
@@ -699,9 +700,9 @@ def test_host_git_reading_a_bomb_stops_at_its_memory_limit(target: Target, tmp_p
     work = target.forge.work({"app/api/users.py": b"USERS = []\n"})
     path = tmp_path / "bomb.bundle"
     path.write_bytes(_hand_bundle(target, work, delta_bomb_entries(result_size=3 * GIB // 2)))
-    repo = ingest_module._IngestRepo.create(tmp_path / "ingest.git", target.policy)
+    repo = ingest_git.IngestRepo.create(tmp_path / "ingest.git", target.policy)
     with pytest.raises(IngestionError, match=r"(?i)^bundle_invalid: .*out of memory"):
-        ingest_module._fetch_bundle(repo, path, work)
+        bundle_module.fetch_bundle(repo, path, work)
 
 
 @pytest.mark.invariant(5)

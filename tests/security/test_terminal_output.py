@@ -31,9 +31,9 @@ from tests.security.conftest import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from controller.contract import TaskResult
     from controller.runs import TaskRunner
     from controller.settings import Settings
+    from taskbox_wire.contract import TaskResult
     from tests.security.conftest import Arena
 
 pytestmark = [pytest.mark.docker, pytest.mark.invariant(13)]

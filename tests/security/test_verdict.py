@@ -26,7 +26,7 @@ from tests.security.conftest import (
 )
 
 if TYPE_CHECKING:
-    from controller.contract import Task, TaskResult
+    from taskbox_wire.contract import Task, TaskResult
     from tests.security.conftest import Arena
 
 pytestmark = [pytest.mark.docker, pytest.mark.invariant(11)]

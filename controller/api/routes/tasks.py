@@ -36,9 +36,9 @@ from controller.api.models import (
     TaskView,
 )
 from controller.api.redact import HostPathRedactor  # noqa: TC001 - used at runtime
-from controller.contract import TaskResult
 from controller.service import TaskService  # noqa: TC001 - used in annotations FastAPI never sees
 from controller.store import TaskRecord, TaskState  # noqa: TC001 - FastAPI resolves TaskState
+from taskbox_wire.contract import TaskResult
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 

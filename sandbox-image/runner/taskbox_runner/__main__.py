@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from controller.contract import TASK_KEY_PATTERN
 from taskbox_runner import model_sdk
-from taskbox_runner.config import RunConfig
 from taskbox_runner.result import failure_result, write_result
 from taskbox_runner.run import run_and_report
+from taskbox_wire.config import RunConfig
+from taskbox_wire.contract import TASK_KEY_PATTERN
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

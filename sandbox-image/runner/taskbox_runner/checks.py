@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
-    from controller.contract import ConstraintReport, TestResults
+    from taskbox_wire.contract import ConstraintReport, TestResults
 
 BaseTests = dict[str, list[str]]
 """Test ids per test file at the base commit (``verify.index_tests``)."""

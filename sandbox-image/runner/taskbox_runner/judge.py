@@ -32,7 +32,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from taskbox_runner.config import JudgeConfig
 from taskbox_runner.verify import (
     VerificationReport,
     VerifyContext,
@@ -41,22 +40,18 @@ from taskbox_runner.verify import (
     verify,
     verify_static,
 )
+from taskbox_wire.config import JudgeConfig
+from taskbox_wire.paths import JUDGE_CONFIG, JUDGE_PHASES, judge_report
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 logger = logging.getLogger("taskbox_runner.judge")
 
-PHASES = ("static", "tests")
-DEFAULT_CONFIG = Path("/taskbox/judge.json")
+DEFAULT_CONFIG = Path(JUDGE_CONFIG)
 EXIT_NO_REPORT = 2
 #: prctl(2) option: whether the process may be ptraced or dumped by its own uid.
 PR_SET_DUMPABLE = 4
-
-
-def report_name(phase: str) -> str:
-    """The file a phase writes under the out folder."""
-    return f"{phase}.json"
 
 
 def make_undumpable() -> bool:
@@ -115,7 +110,7 @@ def judge(config: JudgeConfig, phase: str) -> VerificationReport:
 
 def write_report(outdir: Path, phase: str, report: VerificationReport) -> None:
     """Write the report fresh: whatever stands at its name is removed first, no link followed."""
-    path = outdir / report_name(phase)
+    path = outdir / judge_report(phase)
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -125,7 +120,7 @@ def write_report(outdir: Path, phase: str, report: VerificationReport) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the phase the arguments name; 0 when the report was written."""
     parser = argparse.ArgumentParser(prog="python -P -m taskbox_runner.judge")
-    parser.add_argument("--phase", choices=PHASES, required=True)
+    parser.add_argument("--phase", choices=JUDGE_PHASES, required=True)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     args = parser.parse_args(argv)
     logging.basicConfig(

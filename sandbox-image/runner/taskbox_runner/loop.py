@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     )
 
     from taskbox_runner.checks import VerificationOutcome
-    from taskbox_runner.config import RunConfig
     from taskbox_runner.prompt import Prompt
+    from taskbox_wire.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

@@ -1,19 +1,13 @@
-"""Progress lines for the controller's event stream, written to the sandbox's log.
-
-The controller treats them as hostile input: it parses each line strictly, caps
-their number and accepts only the stages ``round``, ``checks``, ``model`` and ``tool``.
-"""
+"""Progress lines for the controller's event stream, written to the sandbox's log (format: taskbox_wire.progress)."""
 
 from __future__ import annotations
 
-import json
 import sys
 
-EVENT_PREFIX = "::taskbox-event::"
+from taskbox_wire.progress import progress_line
 
 
 def report_progress(stage: str, message: str) -> None:
     """Write one progress event as a single log line."""
-    line = json.dumps({"stage": stage, "message": message[:500]}, separators=(",", ":"))
-    sys.stderr.write(f"{EVENT_PREFIX}{line}\n")
+    sys.stderr.write(progress_line(stage, message))
     sys.stderr.flush()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from anthropic.types import TextBlockParam
     from pydantic import JsonValue
 
-    from taskbox_runner.config import RunConfig
+    from taskbox_wire.config import RunConfig
 
 #: Most characters of one file pasted into the first message; longer files are listed only.
 MAX_INLINE_FILE_CHARS = 40_000

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from controller.contract import ConstraintReport, TaskResult, TestResults
+from taskbox_wire.contract import ConstraintReport, TaskResult, TestResults
+from taskbox_wire.paths import RESULT_FILE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
-BUNDLE_FILE = "result.bundle"
 _MAX_TEXT = 19_000
 _MAX_MISSING = 2000
 

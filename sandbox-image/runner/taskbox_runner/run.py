@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controller.contract import commit_subject
 from taskbox_runner.checks import CheckRequest, PackageVerifier
 from taskbox_runner.loop import GenerateVerifyLoop, LoopLimits, LoopOutcome, make_client
 from taskbox_runner.prompt import build_prompt
 from taskbox_runner.result import (
-    BUNDLE_FILE,
     build_result,
     failure_result,
     merge_missing,
@@ -28,6 +26,8 @@ from taskbox_runner.result import (
 )
 from taskbox_runner.scratch_git import ScratchRepo, WorkCommit
 from taskbox_runner.tools import AccessRules, MissingContextLog, WorkspaceEditor
+from taskbox_wire.contract import commit_subject
+from taskbox_wire.paths import BUNDLE_FILE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 
     import anthropic
 
-    from controller.contract import TaskResult
     from taskbox_runner.checks import VerificationOutcome, Verifier
-    from taskbox_runner.config import RunConfig
+    from taskbox_wire.config import RunConfig
+    from taskbox_wire.contract import TaskResult
 
 logger = logging.getLogger(__name__)
 

@@ -37,11 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from controller.errors import RepositoryError
 from taskbox_runner.tools import is_junk_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+
+
+class ScratchGitError(RuntimeError):
+    """Git in the scratch repository failed, or was asked for something the plan forbids."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +93,7 @@ def _check_rel_path(rel: str) -> None:
         or rel != pure.as_posix()
         or _UNSAFE_PATH.search(rel)
     ):
-        raise RepositoryError(f"refusing path {rel!r}: not a plain repository-relative path")
+        raise ScratchGitError(f"refusing path {rel!r}: not a plain repository-relative path")
 
 
 def _is_plain_file(workdir: Path, rel: str) -> bool:
@@ -126,7 +130,7 @@ class ScratchRepo:
         """Make an empty bare repository at ``git_dir`` (never inside ``workdir``)."""
         resolved_dir, resolved_work = git_dir.resolve(), workdir.resolve()
         if resolved_dir == resolved_work or resolved_dir.is_relative_to(resolved_work):
-            raise RepositoryError("the scratch git dir must live outside the work tree")
+            raise ScratchGitError("the scratch git dir must live outside the work tree")
         repo = cls(git_dir, workdir)
         # --template= leaves out sample hooks and info files: nothing in it can run.
         repo._run(["init", "--bare", "--quiet", "--template=", str(git_dir)], with_repo=False)
@@ -171,10 +175,10 @@ class ScratchRepo:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise RepositoryError(f"git {args[0]} could not run: {exc}") from exc
+            raise ScratchGitError(f"git {args[0]} could not run: {exc}") from exc
         if done.returncode != 0:
             detail = done.stderr.decode("utf-8", "replace").strip()[:500]
-            raise RepositoryError(f"git {args[0]} failed ({done.returncode}): {detail}")
+            raise ScratchGitError(f"git {args[0]} failed ({done.returncode}): {detail}")
         return done.stdout
 
     def _text(self, args: list[str], stdin: bytes | None = None) -> str:
@@ -190,7 +194,7 @@ class ScratchRepo:
         )
         ids = out.split("\n")
         if len(ids) != len(paths):
-            raise RepositoryError("git hash-object returned an unexpected number of ids")
+            raise ScratchGitError("git hash-object returned an unexpected number of ids")
         return ids
 
     def _write_tree_and_commit(
@@ -233,7 +237,7 @@ class ScratchRepo:
         if problems:
             shown = "; ".join(problems[:5])
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""  # noqa: PLR2004
-            raise RepositoryError(f"the staged files do not match the plan: {shown}{more}")
+            raise ScratchGitError(f"the staged files do not match the plan: {shown}{more}")
         self.index_file.unlink(missing_ok=True)
         entries = {rel: (base_modes.get(rel, DEFAULT_MODE), base_files[rel]) for rel in paths}
         tree, commit = self._write_tree_and_commit(
@@ -251,7 +255,7 @@ class ScratchRepo:
         anything that is not a regular file are left out here too.
         """
         if self.base_commit is None or self.base_tree is None:
-            raise RepositoryError("commit_base must run before commit_work")
+            raise ScratchGitError("commit_base must run before commit_work")
         kept: list[str] = []
         for rel in sorted(set(paths)):
             _check_rel_path(rel)
@@ -305,7 +309,7 @@ class ScratchRepo:
     def write_bundle(self, dest: Path) -> None:
         """A self-contained bundle (no prerequisites) with the single ref ``refs/heads/taskbox``."""
         if self.work_commit is None:
-            raise RepositoryError("there is no work commit to bundle")
+            raise ScratchGitError("there is no work commit to bundle")
         dest.unlink(missing_ok=True)
         self._run(["bundle", "create", "--quiet", str(dest), BUNDLE_REF])
         self._run(["bundle", "verify", "--quiet", str(dest)])
@@ -314,7 +318,7 @@ class ScratchRepo:
     def export_base_configs(self, dest: Path) -> list[str]:
         """Copy the base commit's configuration files (``BASE_CONFIG_PATTERNS``) under ``dest``."""
         if self.base_commit is None:
-            raise RepositoryError("commit_base must run before export_base_configs")
+            raise ScratchGitError("commit_base must run before export_base_configs")
         copied: list[str] = []
         for record in self._run(["ls-tree", "-r", "-z", "--full-tree", self.base_commit]).split(
             b"\0"

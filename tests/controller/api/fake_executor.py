@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING
 from pydantic import JsonValue
 
 from controller.admission import Admission, admit
-from controller.contract import Task, TaskResult
 from controller.errors import SandboxError
 from controller.events import RunEvent
 from controller.settings import PROJECT_ROOT
+from taskbox_wire.contract import Task, TaskResult
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -17,8 +17,8 @@ import pytest
 from pydantic import JsonValue
 
 from controller.api.redact import PLACEHOLDER, HostPathRedactor
-from controller.contract import Task, TaskResult
 from controller.events import RunEvent
+from taskbox_wire.contract import Task, TaskResult
 from tests.controller.api.conftest import ServedApi, SettingsFactory, task_body
 from tests.controller.api.fake_executor import FakeExecutor, wait_for
 

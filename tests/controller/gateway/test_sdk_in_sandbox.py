@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.contract import Task
 from controller.runs import RunRecord, TaskRunner, new_run_id
 from controller.sandbox.docker import DockerBackend, DockerImages
 from controller.settings import PROJECT_ROOT, Settings
+from taskbox_wire.contract import Task
 from tests.conftest import RepoFactory
 
 pytestmark = pytest.mark.docker

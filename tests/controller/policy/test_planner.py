@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from controller.contract import Task
 from controller.gitrepo import list_tree
 from controller.policy.loader import load_policy
 from controller.policy.planner import MountPlan, RefusalReason, Role, plan_mounts
 from controller.policy.schema import Policy
 from controller.settings import PROJECT_ROOT
+from taskbox_wire.contract import Task
 from tests.conftest import RepoFactory, git
 
 POLICY: Policy = load_policy(PROJECT_ROOT / "policies", "be-python")

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from controller.cli import cli
-from controller.contract import ResourceRequest
 from controller.errors import InvalidTaskError, PolicyError
 from controller.policy.loader import effective_policy, list_policies, load_policy, policy_for_worker
 from controller.policy.schema import MANDATORY_DENY
 from controller.settings import PROJECT_ROOT
+from taskbox_wire.contract import ResourceRequest
 
 POLICIES = PROJECT_ROOT / "policies"
 

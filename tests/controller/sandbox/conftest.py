@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from controller.contract import Task
 from controller.errors import SandboxError
 from controller.image import SANDBOX_IMAGE
 from controller.sandbox.docker import DockerBackend, DockerImages
 from controller.sandbox.spec import LABEL_MANAGED
 from controller.sandbox.task_sandbox import TaskSandboxRun, run_in_task_sandbox
 from controller.settings import Settings
+from taskbox_wire.contract import Task
 from tests.conftest import RepoFactory
 
 TEST_LABEL = "taskbox.test"

@@ -18,10 +18,10 @@ from controller.sandbox.spec import (
     LABEL_CONTROLLER,
     LABEL_MANAGED,
     LABEL_RUN,
-    OUTDIR,
     BindMount,
     ContainerSpec,
 )
+from taskbox_wire.paths import OUTDIR
 
 CAPS = {"result.json": 100, "result.bundle": 100}
 

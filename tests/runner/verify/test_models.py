@@ -14,7 +14,7 @@ from taskbox_runner.verify.models import (
     scrub_text,
 )
 
-from controller.contract import TestResults
+from taskbox_wire.contract import TestResults
 
 
 def _report(

@@ -8,25 +8,29 @@ migration check, and merges both phases per constraint.
 ``check_fail_to_pass(ctx, base_workdir=..., test_files=[...])`` runs the
 model's new and changed tests on the base tree (one must fail there). The ten checks:
 
-    1 no SQL injection        ruff S608 + AST (f-string/concat/%/format reaching execute/text/raw/extra)
-    2 no hard-coded secrets   ruff S105-S107 + detect-secrets (default plugins, allowlist pragma ignored)
-    3 type hints              ruff ANN0xx/ANN2xx over owned non-test code
+    1 no SQL injection        intra-module data flow: run-time text reaching execute/text/raw/extra
+                              through f-strings, %, .format, +, join or a helper's return (S608 agrees)
+    2 no hard-coded secrets   detect-secrets + values rebuilt from literals (joined, decoded, reversed);
+                              name rules fire only on credential-looking values
+    3 type hints              ruff ANN0xx/ANN2xx + ``Any`` annotations over owned non-test code
     4 coverage >= threshold   coverage JSON totals over owned non-test code; no pragma honoured
     5 all tests pass          junit; >= 1 ran; model skips, deselected and removed tests fail;
                               statically: verdict-changing pytest hooks, tests that cannot fail
     6 contract compliance     app.openapi() and app.routes (subprocess) vs the OpenAPI file, then
                               requests built from the contract sent through ASGI, answers validated
-    7 pydantic validation     FastAPI body params are BaseModels; DRF serializers; no pydantic.v1
-    8 no print()              ruff T201/T203 over owned non-test code
-    9 ruff check clean        the project's own (base) ruff rules, else E/F/W/I/UP/B
-   10 async consistency       async endpoints, no blocking calls in async code
+    7 pydantic validation     body types through aliases are BaseModels; no hand-read request body
+                              reachable from an endpoint; DRF serializers; no pydantic.v1
+    8 no print()              ruff T201/T203 + sys.stdout/stderr writes + print/pprint aliases
+    9 ruff check clean        the project's own (base) ruff config, else ruff's defaults; no noqa honoured
+   10 async consistency       async endpoints; a call graph through owned sync helpers to blocking calls
 
 Findings read ``path:line: RULE message``: ruff's own codes, or harness codes
 ``TB`` + two-digit constraint + two-digit number:
 
     TB0101 SQL built from run-time strings reaches a SQL call    TB0102 ruff could not run
     TB0201 detect-secrets finding                                TB0202 ruff could not run
-    TB0301 ruff could not run
+    TB0203 credential-named constant rebuilt from literals       TB0204 rebuilt value of a known shape
+    TB0301 ruff could not run                                    TB0302 ``Any`` as a parameter or return type
     TB0401 lines never run (coverage under the threshold)       TB0402 owned file not measured
     TB0501 test failed   TB0502 test error   TB0503 no test ran   TB0504 skipped by the model
     TB0505 test removed or renamed out of collection since the base
@@ -42,6 +46,7 @@ Findings read ``path:line: RULE message``: ruff's own codes, or harness codes
     TB0701 body not a pydantic model   TB0702 body read by hand   TB0703 pydantic v1 API
     TB0704 Django/Flask view reads the body without a serializer/model
     TB0801 / TB0901 ruff could not run
+    TB0802 write to sys.stdout/sys.stderr   TB0803 alias of print/pprint
     TB1001 sync FastAPI endpoint   TB1002 blocking call in async code
     TB1003 sync ORM in async code   TB1004 AsyncSession call not awaited
 

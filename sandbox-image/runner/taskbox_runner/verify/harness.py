@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from controller.contract import TestResults
 from taskbox_runner.verify.async_endpoints import check_async
 from taskbox_runner.verify.contract import check_contract, static_contract
 from taskbox_runner.verify.coverage_check import check_coverage, static_coverage
@@ -44,6 +43,7 @@ from taskbox_runner.verify.suite_index import TestLines, index_test_lines
 from taskbox_runner.verify.test_integrity import cannot_fail, not_collected, scan_hooks
 from taskbox_runner.verify.tests_pass import check_tests, model_conftests, removed_tests
 from taskbox_runner.verify.workspace import Workspace
+from taskbox_wire.contract import TestResults
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.contract import ConstraintReport, TestResults
+from taskbox_wire.contract import ConstraintReport, TestResults
 
 Framework = Literal["fastapi", "django", "flask", "unknown"]
 

@@ -12,7 +12,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 
-from controller.contract import Task
+from taskbox_wire.contract import Task
+from taskbox_wire.paths import BASE_DIR, F2P_DIR, GATEWAY_DIR, OUTDIR, WORKDIR
 
 GitBlobId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
 
@@ -52,11 +53,11 @@ class RunConfig(BaseModel):
     """The contract file under /work, when the task has one."""
     coverage_threshold: float = 80.0
     budget: RunBudget
-    gateway_socket: Path = Path("/run/taskbox/gateway.sock")
+    gateway_socket: Path = Path(GATEWAY_DIR) / "gateway.sock"
     gateway_token: SecretStr
     """Per-run token for the gateway; it is not the model API key and dies with the run."""
-    workdir: Path = Path("/work")
-    outdir: Path = Path("/out")
+    workdir: Path = Path(WORKDIR)
+    outdir: Path = Path(OUTDIR)
 
     def dump_for_sandbox(self) -> str:
         """JSON for ``/taskbox/run.json``, with the gateway token revealed (and only there)."""
@@ -85,7 +86,7 @@ class JudgeConfig(BaseModel):
     openapi_path: str | None = None
     coverage_threshold: float = 80.0
     test_timeout_seconds: float = Field(gt=0)
-    workdir: Path = Path("/work")
-    base_dir: Path = Path("/base")
-    fail_to_pass_dir: Path = Path("/f2p")
-    outdir: Path = Path("/out")
+    workdir: Path = Path(WORKDIR)
+    base_dir: Path = Path(BASE_DIR)
+    fail_to_pass_dir: Path = Path(F2P_DIR)
+    outdir: Path = Path(OUTDIR)
