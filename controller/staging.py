@@ -40,6 +40,22 @@ def _hand_over(path: Path, uid: int, gid: int) -> None:
             os.chown(Path(parent, name), uid, gid, follow_symlinks=False)
 
 
+def _hand_over_writable(paths: StagingPaths, plan: MountPlan, policy: Policy) -> None:
+    """Give the owned paths and the out folder to the sandbox uid.
+
+    Owned paths that do not exist yet get an empty placeholder, since a bind mount needs
+    a source; the runner leaves placeholders out of its base commit.
+    """
+    for entry in plan.read_write:
+        target = paths.work / entry.path
+        if entry.kind == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.exists():
+            _write_new_file(target, b"", 0o644)
+        _hand_over(target, policy.uid, policy.gid)
+    _hand_over(paths.out, policy.uid, policy.gid)
+
+
 def stage_run(
     *, repo: Path, plan: MountPlan, policy: Policy, root: Path, run_config_json: str
 ) -> StagingPaths:
@@ -57,16 +73,7 @@ def stage_run(
         mode = 0o755 if staged.executable else 0o644
         _write_new_file(paths.work / staged.path, blobs[staged.oid], mode)
 
-    # Owned paths that do not exist yet get an empty placeholder, since a bind
-    # mount needs a source; the runner leaves placeholders out of its base commit.
-    for entry in plan.read_write:
-        target = paths.work / entry.path
-        if entry.kind == "dir":
-            target.mkdir(parents=True, exist_ok=True)
-        elif not target.exists():
-            _write_new_file(target, b"", 0o644)
-        _hand_over(target, policy.uid, policy.gid)
-    _hand_over(paths.out, policy.uid, policy.gid)
+    _hand_over_writable(paths, plan, policy)
 
     # run.json carries the per-run gateway token: readable by the sandbox user only.
     run_json = paths.taskbox / "run.json"
@@ -140,14 +147,7 @@ def stage_judge(
     _write_tree(repo, root / "f2p", fail_to_pass)
     for folder in (paths.out, root / JUDGE_TESTS_OUT, paths.taskbox):
         folder.mkdir(mode=0o755)
-    for entry in plan.read_write:
-        target = paths.work / entry.path
-        if entry.kind == "dir":
-            target.mkdir(parents=True, exist_ok=True)
-        elif not target.exists():
-            _write_new_file(target, b"", 0o644)
-        _hand_over(target, policy.uid, policy.gid)
-    _hand_over(paths.out, policy.uid, policy.gid)
+    _hand_over_writable(paths, plan, policy)
     _hand_over(root / JUDGE_TESTS_OUT, policy.uid, policy.gid)
     # No secret in the judge's config: world-readable, owned by the controller.
     _write_new_file(paths.taskbox / "judge.json", judge_config_json.encode(), 0o444)

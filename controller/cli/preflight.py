@@ -9,7 +9,8 @@ import click
 
 from controller.cli.common import CliError, echo_safe
 from controller.errors import TaskboxError
-from controller.preflight import Level, run_preflight
+from controller.hostcheck import Level
+from controller.preflight import run_preflight
 from controller.settings import get_settings
 
 #: Exit status when a check refuses the host.

@@ -20,7 +20,8 @@ from controller.api import create_app
 from controller.api.logs import configure_logging
 from controller.cli.common import CliError, describe_validation_error
 from controller.display import escape_log_handlers
-from controller.preflight import Level, run_preflight
+from controller.hostcheck import Level
+from controller.preflight import run_preflight
 from controller.settings import Settings
 
 if TYPE_CHECKING:

@@ -15,7 +15,9 @@ from controller.errors import SandboxError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from pathlib import Path
 
+    from controller.hostcheck import Check
     from controller.image import ImageEngine
     from controller.sandbox.backend import SandboxBackend
     from controller.settings import Settings
@@ -73,3 +75,41 @@ def open_engine(settings: Settings) -> Engine:
             close=client.close,
         )
     raise SandboxError(f"unknown sandbox backend {settings.sandbox_backend!r}")
+
+
+@dataclass(frozen=True)
+class EngineHostChecks:
+    """What an engine's own description says about this host, for preflight."""
+
+    checks: list[Check]
+    socket_path: Path | None
+    """The engine's Unix socket on this host (no sandbox mount may reach it), if known."""
+
+
+def engine_host_checks(
+    settings: Settings, info: Mapping[str, Any], version: Mapping[str, Any] | None
+) -> EngineHostChecks:
+    """The backend's own host checks from its description (``Engine.facts``); pure but for files it reads."""
+    if settings.sandbox_backend == "docker":
+        from controller.sandbox.docker import preflight  # noqa: PLC0415 - only for this backend
+
+        socket_path = preflight.engine_socket_path(settings.docker_host)
+        checks = preflight.engine_checks(
+            info,
+            version,
+            runc_changelog=preflight.read_changelog(engine_is_local=socket_path is not None),
+            docker_host=settings.docker_host,
+        )
+        return EngineHostChecks(checks=checks, socket_path=socket_path)
+    raise SandboxError(f"unknown sandbox backend {settings.sandbox_backend!r}")
+
+
+def engine_runtime_build(
+    settings: Settings, info: Mapping[str, Any], version: Mapping[str, Any] | None
+) -> str | None:
+    """The container runtime's build the engine reports (runc's, for Docker), for the report."""
+    if settings.sandbox_backend == "docker":
+        from controller.sandbox.docker import preflight  # noqa: PLC0415 - only for this backend
+
+        return preflight.runc_build(info, version)
+    return None

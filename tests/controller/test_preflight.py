@@ -10,28 +10,27 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from controller import preflight
 from controller.cli import cli
+from controller.hostcheck import Check, Level, PreflightReport
 from controller.policy.loader import load_policy
 from controller.preflight import (
-    Check,
-    Level,
-    PreflightReport,
     check_backend_settings,
-    check_engine_address,
-    check_engine_version,
     check_git,
-    check_runc,
     check_runs_dir,
     check_spec_mounts,
-    engine_checks,
     probe_spec,
     run_preflight,
-    runc_build,
     sandbox_checks,
 )
 from controller.sandbox.backend import MANDATORY_SETTINGS
-from controller.sandbox.docker import DockerBackend
+from controller.sandbox.docker import DockerBackend, preflight
+from controller.sandbox.docker.preflight import (
+    check_engine_address,
+    check_engine_version,
+    check_runc,
+    engine_checks,
+    runc_build,
+)
 from controller.sandbox.fake import FakeEngine, exits_with
 from controller.sandbox.spec import StagingPaths
 from controller.settings import PROJECT_ROOT, Settings

@@ -22,6 +22,7 @@ from controller.errors import ImageNotFoundError, SandboxError
 from controller.sandbox.backend import (
     EXIT_SIGKILL,
     LOG_TAIL_BYTES,
+    MANDATORY_SETTINGS,
     CollectedOutput,
     OrphanContainer,
     SandboxHandle,
@@ -194,31 +195,8 @@ class DockerBackend:
 
     #: Every setting of a ContainerSpec: ``create_kwargs`` hands each to the engine, the wall
     #: clock and the log cap are enforced in ``wait``; the conformance suite checks them.
-    enforces: frozenset[str] = frozenset(
-        {
-            "user",
-            "working_dir",
-            "environment",
-            "labels",
-            "mounts",
-            "tmpfs",
-            "read_only_root",
-            "network_disabled",
-            "cap_drop",
-            "security_opt",
-            "privileged",
-            "memory_bytes",
-            "memory_swap_bytes",
-            "nano_cpus",
-            "pids_limit",
-            "shm_bytes",
-            "ulimits",
-            "init",
-            "ipc_mode",
-            "log_max_bytes",
-            "wall_clock_seconds",
-        }
-    )
+    #: Every mandatory setting, and the working folder, /dev/shm size, init and IPC mode too.
+    enforces: frozenset[str] = MANDATORY_SETTINGS | {"working_dir", "shm_bytes", "init", "ipc_mode"}
 
     def __init__(self, client: docker.DockerClient) -> None:
         self._client = client
