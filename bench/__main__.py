@@ -50,6 +50,7 @@ BENCHMARKS: dict[str, str] = {
     "b5": "bench.b5_api",
     "b6": "bench.b6_memory",
     "b8": "bench.b8_teardown",
+    "b9": "bench.b9_verify_change",
 }
 
 
