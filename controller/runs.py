@@ -152,6 +152,11 @@ class TaskRunner:
         self._model = model
         self._controller_id = controller_id
 
+    @property
+    def runs_dir(self) -> Path:
+        """Where this runner keeps each run's folder."""
+        return self._settings.runs_dir
+
     # ------------------------------------------------------------------ admission
 
     def admit(

@@ -11,6 +11,7 @@ from controller.cli.api import api
 from controller.cli.image import image
 from controller.cli.policy import policy
 from controller.cli.preflight import preflight
+from controller.cli.reproduce import reproduce
 from controller.cli.run import run
 from controller.cli.runs import runs
 from controller.cli.sandbox import sandbox
@@ -39,6 +40,7 @@ cli.add_command(api)
 cli.add_command(image)
 cli.add_command(sandbox)
 cli.add_command(preflight)
+cli.add_command(reproduce)
 
 
 def main() -> None:
