@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from controller.errors import SandboxError
 from controller.events import RunEvent
 from controller.sandbox.lifecycle import run_sandbox
 from controller.sandbox.spec import PHASE_JUDGE_STATIC, PHASE_JUDGE_TESTS, build_container_spec
@@ -70,10 +71,26 @@ def candidate_trees(plan: MountPlan, candidate: Candidate) -> tuple[Tree, Tree]:
             tree.pop(change.path, None)
         else:
             tree[change.path] = (change.oid, change.executable)
-    tests = set(candidate.test_files)
     fail_to_pass = dict(base)
-    fail_to_pass.update({path: tree[path] for path in tests})
+    for path in candidate.test_files:
+        # A test file may stand where the base had a file it replaces as a folder (or the
+        # reverse): the base's entry in the way goes, so the tree stays a tree.
+        for other in [
+            p for p in fail_to_pass if path.startswith(f"{p}/") or p.startswith(f"{path}/")
+        ]:
+            del fail_to_pass[other]
+        fail_to_pass[path] = tree[path]
     return tree, fail_to_pass
+
+
+def judge_plan(plan: MountPlan, tree: Tree) -> MountPlan:
+    """The plan with the owned files the candidate does not have left out of the writable mounts.
+
+    A writable bind mount needs a source, and a placeholder would be an empty module the
+    landed tree does not have: a test importing it must fail in the judge as it would there.
+    """
+    kept = [e for e in plan.read_write if e.kind == "dir" or e.path in tree]
+    return plan.model_copy(update={"read_write": kept})
 
 
 def judge_config(plan: MountPlan, policy: Policy, candidate: Candidate, run_id: str) -> JudgeConfig:
@@ -85,8 +102,8 @@ def judge_config(plan: MountPlan, policy: Policy, candidate: Candidate, run_id: 
         test_files=sorted(candidate.test_files),
         openapi_path=plan.contract,
         coverage_threshold=policy.verification.coverage_threshold,
-        # The judge's sandbox has the policy's whole wall clock; pytest gets most of it.
-        test_timeout_seconds=max(1.0, policy.limits.wall_clock_seconds * 0.8),
+        # Two pytest runs (the suite, then fail-to-pass) share the container's wall clock.
+        test_timeout_seconds=max(1.0, policy.limits.wall_clock_seconds * 0.45),
     )
 
 
@@ -130,16 +147,23 @@ class CandidateJudge:
     def __call__(self, candidate: Candidate) -> Verdict:
         """Stage the candidate, run both phases, merge their reports."""
         tree, fail_to_pass = candidate_trees(self._plan, candidate)
-        config = judge_config(self._plan, self._policy, candidate, self._run_id)
-        staging = stage_judge(
-            repo=candidate.repo,
-            plan=self._plan,
-            policy=self._policy,
-            root=self._stage_root,
-            candidate=tree,
-            fail_to_pass=fail_to_pass,
-            judge_config_json=config.model_dump_json(indent=2),
-        )
+        plan = judge_plan(self._plan, tree)
+        config = judge_config(plan, self._policy, candidate, self._run_id)
+        try:
+            staging = stage_judge(
+                repo=candidate.repo,
+                plan=plan,
+                policy=self._policy,
+                root=self._stage_root,
+                candidate=tree,
+                fail_to_pass=fail_to_pass,
+                judge_config_json=config.model_dump_json(indent=2),
+            )
+        except (OSError, SandboxError) as exc:
+            # A tree the judge cannot lay out is not one to land.
+            return Verdict(
+                status="failed", reason=f"the judge could not stage the candidate: {exc}"
+            )
         self._record.write_json("judge-config.json", config.model_dump(mode="json"))
         self._sink(
             RunEvent(
@@ -149,13 +173,13 @@ class CandidateJudge:
                 data={"candidate_commit": candidate.commit},
             )
         )
-        static = self._phase(PHASE_JUDGE_STATIC, staging)
+        static = self._phase(PHASE_JUDGE_STATIC, plan, staging)
         if isinstance(static, str):
             return Verdict(status="failed", reason=f"the judge's static phase {static}")
         # The test phase writes to an out folder of its own: nothing it runs can reach
         # the static report, which was read before it started anyway.
         tests_staging = staging.model_copy(update={"out": staging.root / JUDGE_TESTS_OUT})
-        dynamic = self._phase(PHASE_JUDGE_TESTS, tests_staging)
+        dynamic = self._phase(PHASE_JUDGE_TESTS, plan, tests_staging)
         if isinstance(dynamic, str):
             verdict = merge_phases(static, None)
             return verdict.model_copy(update={"reason": f"the judge's test phase {dynamic}"})
@@ -171,12 +195,12 @@ class CandidateJudge:
         )
         return verdict
 
-    def _phase(self, phase: str, staging: StagingPaths) -> PhaseReport | str:
+    def _phase(self, phase: str, plan: MountPlan, staging: StagingPaths) -> PhaseReport | str:
         """One judge container from create to remove; its report, or what went wrong."""
         name = _PHASES[phase]
         spec = build_container_spec(
             policy=self._policy,
-            plan=self._plan,
+            plan=plan,
             staging=staging,
             image=self._image,
             run_id=self._run_id,

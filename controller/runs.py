@@ -469,8 +469,12 @@ class TaskRunner:
         )
 
         def judge(candidate: Candidate) -> Verdict:
+            verdict = candidate_judge(candidate)
+            if run.cancel.is_set():
+                # Decided before landing: a cancelled run never writes its branch.
+                return Verdict(status="failed", reason="cancelled while judging")
             return settle(
-                candidate_judge(candidate),
+                verdict,
                 agent=candidate.agent,
                 agent_exit_code=agent.outcome.exit_code,
                 agent_last_checks_failed=agent.last_checks_failed,

@@ -285,7 +285,13 @@ def ingest(
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    succeeded = verdict.status == "succeeded" and candidate_commit is not None
+    # A pass needs checks that passed: a verdict with none (or any failing) never lands.
+    succeeded = (
+        verdict.status == "succeeded"
+        and bool(verdict.constraints)
+        and all(c.passed for c in verdict.constraints)
+        and candidate_commit is not None
+    )
     result = TaskResult(
         task_key=task_key,
         status="succeeded" if succeeded else "failed",

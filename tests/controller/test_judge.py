@@ -230,3 +230,55 @@ def test_a_static_phase_without_a_report_stops_the_judge(world: World) -> None:
 
     assert verdict.status == "failed"
     assert phases == ["static"]
+
+
+def test_an_owned_file_the_candidate_deleted_is_not_mounted(world: World) -> None:
+    """No empty placeholder stands in for a deleted module: the judge sees the tree that lands."""
+    specs: list[Any] = []
+
+    def handler(sandbox: FakeSandbox) -> int:
+        specs.append(sandbox.spec)
+        sandbox.write(f"{phase_of(sandbox)}.json", report())
+        return 0
+
+    world.judge(FakeEngine(handler))
+
+    targets = {m.target for spec in specs for m in spec.mounts}
+    assert f"{WORKDIR}/tests/test_main.py" not in targets
+    assert f"{WORKDIR}/tests/test_greet.py" in targets
+    assert not (world.stage / "work" / "tests" / "test_main.py").exists()
+
+
+def test_a_test_file_where_the_base_had_a_file_of_its_folders_name_is_staged(
+    world: World,
+) -> None:
+    """Deleting tests/test_main.py and adding tests/test_main.py/test_x.py stages, not crashes."""
+    blob = git(
+        world.repo,
+        "hash-object",
+        "-w",
+        "--stdin",
+        input_bytes=b"def test_x() -> None:\n    assert 1 == 2\n",
+    ).strip()
+    world.candidate = Candidate(
+        repo=world.repo,
+        base_commit=world.base,
+        commit="d" * 40,
+        changes=(
+            ChangedPath("tests/test_main.py", "D", None, executable=False),
+            ChangedPath("tests/test_main.py/test_x.py", "A", blob, executable=False),
+        ),
+        agent=world.candidate.agent,
+    )
+    tree, fail_to_pass = candidate_trees(world.plan, world.candidate)
+    assert "tests/test_main.py" not in fail_to_pass
+    assert "tests/test_main.py/test_x.py" in fail_to_pass
+    assert "tests/test_main.py" not in tree
+
+    def handler(sandbox: FakeSandbox) -> int:
+        sandbox.write(f"{phase_of(sandbox)}.json", report())
+        return 0
+
+    verdict = world.judge(FakeEngine(handler))
+
+    assert verdict.status == "succeeded", verdict.reason

@@ -280,3 +280,55 @@ def test_a_clean_task_lands_with_the_hosts_subject_and_both_judge_containers_rec
         assert inspected["Config"]["NetworkDisabled"] is True
         assert not [m for m in inspected["Mounts"] if m["Destination"] == "/run/taskbox"]
     assert (record / "landing.json").is_file()
+
+
+def test_a_test_that_rewrites_the_report_at_exit_does_not_pass(arena: Arena) -> None:
+    """An exit handler rewrites pytest's junit after pytest wrote it, and exits 0: still failed, TB0509 named."""
+    key = "SEC-ATEXIT"
+    forge = textwrap.dedent(
+        '''
+        """Hostile: after pytest has written its report, say every test passed."""
+
+        import atexit
+        import glob
+        import os
+
+        PASSED = '<testsuites><testsuite name="pytest" tests="1" failures="0" errors="0" skipped="0"><testcase classname="tests.test_greeting" name="test_greeting"/></testsuite></testsuites>'
+
+
+        def _rewrite() -> None:
+            for path in glob.glob("/tmp/*/verify/*.xml") + glob.glob("/tmp/*/*/*.xml"):
+                with open(path, "w") as report:
+                    report.write(PASSED)
+            os._exit(0)
+
+
+        atexit.register(_rewrite)
+
+
+        def test_nothing_to_see() -> None:
+            assert os.sep == "/"
+        '''
+    )
+    failing = "from app.api.greeting import greet\n\n\ndef test_greeting() -> None:\n    assert greet('x') == 'nope'\n"
+    task = make_task(
+        key, owns=["app/api/", "tests/test_atexit.py", "tests/test_greeting.py"], relevant=RELEVANT
+    )
+
+    result, _ = run_task(
+        arena,
+        task,
+        [
+            editor_create("app/api/greeting.py", GREETING),
+            editor_create("tests/test_greeting.py", failing),
+            editor_create("tests/test_atexit.py", forge),
+        ],
+    )
+
+    assert result.status == "failed"
+    assert result.git_commit is None
+    assert no_branch(arena, key)
+    passed, evidence = constraint(result, 5)
+    assert not passed
+    assert "tests/test_atexit.py" in evidence
+    assert "atexit" in evidence

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from taskbox_runner.verify import verify_static
 from taskbox_runner.verify.ruff_run import RuleSelection, noqa_codes, project_ruff_config
+
+from tests.runner.verify.conftest import Stage
 
 
 @pytest.mark.parametrize(
@@ -56,3 +59,18 @@ def test_project_config_prefers_ruff_toml(tmp_path: Path) -> None:
     path, table = project_ruff_config(tmp_path)
     assert path == tmp_path / "ruff.toml"
     assert table == {"lint": {"select": ["E"]}}
+
+
+def test_the_static_phase_never_imports_a_module_the_model_wrote_at_the_root(
+    stage: Stage, tmp_path: Path
+) -> None:
+    """A model-written ``ruff`` package or ``__future__.py`` in the work tree is never run by the harness."""
+    marker = tmp_path / "MARKER"
+    planted = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    staged = stage()
+    staged.write("ruff/__init__.py", planted)
+    staged.write("__future__.py", planted)
+
+    verify_static(staged.context(owns=("app/", "tests/", "ruff/", "__future__.py")))
+
+    assert not marker.exists()

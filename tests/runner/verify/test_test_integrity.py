@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 from taskbox_runner.verify import verify, verify_static
-from taskbox_runner.verify.test_integrity import cannot_fail, not_collected, scan_hooks
+from taskbox_runner.verify.test_integrity import (
+    cannot_fail,
+    not_collected,
+    scan_evasions,
+    scan_hooks,
+)
 
 from tests.runner.verify.conftest import Stage
 
@@ -280,3 +285,68 @@ def test_an_assertion_helper_imported_from_the_repository_counts(stage: Stage) -
         "    check_user({'id': 1})\n",
     )
     assert cannot_fail(staged.space()) == []
+
+
+REWRITE_AT_EXIT = """import atexit
+import glob
+
+
+def _forge() -> None:
+    for path in glob.glob("/tmp/taskbox-judge-*/verify/*"):
+        pass
+
+
+atexit.register(_forge)
+
+
+def test_wrong() -> None:
+    assert 1 + 1 == 3
+"""
+
+EVASIONS = [
+    ("tests/test_exit.py", REWRITE_AT_EXIT, 1),
+    ("app/loader.py", "def run(code: str) -> None:\n    exec(code)\n", 2),
+    ("app/native.py", "import ctypes\n", 1),
+    ("tests/test_fork.py", "import os\n\n\ndef test_x() -> None:\n    os.fork()\n", 5),
+    (
+        "tests/test_daemon.py",
+        (
+            "import subprocess\n\n\ndef test_x() -> None:\n"
+            "    subprocess.Popen(['sleep', '9'], start_new_session=True)\n"
+        ),
+        5,
+    ),
+    (
+        "tests/test_lookup.py",
+        "import os\n\n\ndef test_x() -> None:\n    getattr(os, '_e' + 'xit')(0)\n",
+        5,
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "source", "line"), EVASIONS)
+def test_code_that_can_act_outside_the_session_is_refused(
+    stage: Stage, path: str, source: str, line: int
+) -> None:
+    """Exit handlers, exec, native code, forks, detached processes, computed lookups in tests: TB0509."""
+    staged = stage()
+    staged.write(path, source)
+    findings = scan_evasions(staged.space())
+    assert [(f.path, f.line, f.rule) for f in findings][:1] == [(path, line, "TB0509")]
+
+
+def test_ordinary_code_that_looks_alike_is_not_an_evasion(stage: Stage) -> None:
+    """re.compile, a literal getattr in a test, a computed getattr in production code, a plain subprocess."""
+    staged = stage()
+    staged.write(
+        "app/names.py",
+        "import re\n\nPATTERN = re.compile('x')\n\n\ndef field(obj: object, name: str) -> object:\n"
+        "    return getattr(obj, name)\n",
+    )
+    staged.write(
+        "tests/test_names.py",
+        "import subprocess\n\nfrom app.names import field\n\n\ndef test_field() -> None:\n"
+        "    assert field(1, 'real') == getattr(1, 'real')\n"
+        "    subprocess.run(['true'], check=True)\n",
+    )
+    assert scan_evasions(staged.space()) == []

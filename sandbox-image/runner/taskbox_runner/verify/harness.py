@@ -40,7 +40,12 @@ from taskbox_runner.verify.ruff_checks import (
 from taskbox_runner.verify.ruff_run import run_ruff
 from taskbox_runner.verify.sql_injection import check_sql_injection
 from taskbox_runner.verify.suite_index import TestLines, index_test_lines
-from taskbox_runner.verify.test_integrity import cannot_fail, not_collected, scan_hooks
+from taskbox_runner.verify.test_integrity import (
+    cannot_fail,
+    not_collected,
+    scan_evasions,
+    scan_hooks,
+)
 from taskbox_runner.verify.tests_pass import check_tests, model_conftests, removed_tests
 from taskbox_runner.verify.workspace import Workspace
 from taskbox_wire.contract import TestResults
@@ -159,7 +164,7 @@ def static_tests(
     patterns: tuple[str, ...],
 ) -> CheckOutcome:
     """Constraint 5 without running anything: hooks, tests that cannot fail, tests gone or hidden."""
-    hooks = scan_hooks(space)
+    hooks = scan_hooks(space) + scan_evasions(space)
     weak = cannot_fail(space, patterns)
     hidden = not_collected(space, patterns)
     gone = removed_tests(now, base)

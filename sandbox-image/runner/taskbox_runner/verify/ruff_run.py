@@ -229,6 +229,9 @@ def run_ruff(
         run.project_excluded = project_excluded(space, config_path, files, scratch_dir)
     argv = [
         sys.executable,
+        # -P: the repository (the working folder) never goes on sys.path, so a model-written
+        # module there (``__future__.py``, ``ruff/``) is never imported by the harness.
+        "-P",
         "-m",
         "ruff",
         "check",
@@ -275,6 +278,9 @@ def project_excluded(
     those ruff's default exclusions alone would drop (an owned ``build/`` is still code)."""
     argv = [
         sys.executable,
+        # -P: the repository (the working folder) never goes on sys.path, so a model-written
+        # module there (``__future__.py``, ``ruff/``) is never imported by the harness.
+        "-P",
         "-m",
         "ruff",
         "check",
@@ -316,6 +322,9 @@ def enabled_rules(
     """The rule codes ruff itself enables under ``config_path`` (its defaults change by version)."""
     argv = [
         sys.executable,
+        # -P: the repository (the working folder) never goes on sys.path, so a model-written
+        # module there (``__future__.py``, ``ruff/``) is never imported by the harness.
+        "-P",
         "-m",
         "ruff",
         "check",

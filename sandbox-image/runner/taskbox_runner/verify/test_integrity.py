@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from taskbox_runner.verify.models import Finding
 from taskbox_runner.verify.pytest_run import DEFAULT_PYTHON_FILES
 from taskbox_runner.verify.suite_index import tests_in_module
-from taskbox_runner.verify.workspace import TEST_DIR_NAMES
+from taskbox_runner.verify.workspace import TEST_DIR_NAMES, is_test_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -113,6 +113,94 @@ def scan_hooks(space: Workspace) -> list[Finding]:
     for rel, tree in space.trees(_model_python(space)):
         findings += [Finding(rel, line, RULE_HOOK, message) for line, message in _hook_lines(tree)]
     return findings
+
+
+#: Calls that let code under test act after pytest wrote its report, outlive the session, or
+#: reach code no static scan can read; refused in every file the model wrote.
+_EVASION_CALLS = frozenset(
+    {
+        "exec",
+        "eval",
+        "compile",
+        "__import__",
+        "atexit.register",
+        "os.fork",
+        "os.forkpty",
+        "os._exit",
+        "os.kill",
+        "os.killpg",
+        "os.setsid",
+        "os.setpgrp",
+        "os.daemon",
+        "sys.settrace",
+        "sys.setprofile",
+        "sys._getframe",
+        "threading.settrace",
+        "gc.get_objects",
+        "gc.get_referrers",
+    }
+)
+#: Modules whose mere import gives that reach (native code, exit handlers).
+_EVASION_MODULES = frozenset({"ctypes", "atexit", "_ctypes", "cffi"})
+#: Names and attributes that only tests have no business with (dynamic lookups hide what they reach).
+_TEST_ONLY_CALLS = frozenset({"getattr", "setattr", "delattr", "importlib.import_module"})
+
+
+def scan_evasions(space: Workspace) -> list[Finding]:
+    """Model-written code that could act outside what the hook scan can read (TB0509).
+
+    The hook scan reads names; code that builds names at run time (``exec``, ``eval``,
+    ``__import__``, ``getattr`` with a computed name in a test), registers exit handlers,
+    forks or detaches, or loads native code could rewrite the report after pytest wrote it,
+    so it is refused outright: a backend task has no need for it.
+    """
+    findings: list[Finding] = []
+    for rel, tree in space.trees(_model_python(space)):
+        name = PurePosixPath(rel).name
+        test_file = is_test_path(rel) or name == "conftest.py" or name.startswith("test_")
+        findings += [
+            Finding(rel, line, RULE_HOOK, message)
+            for line, message in _evasion_lines(tree, test_file=test_file)
+        ]
+    return findings
+
+
+def _evasion_lines(tree: ast.Module, *, test_file: bool) -> Iterator[tuple[int, str]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
+            for module in modules:
+                if module.split(".")[0] in _EVASION_MODULES:
+                    yield (
+                        node.lineno,
+                        f"imports {module}: code that can act outside the test session",
+                    )
+        elif isinstance(node, ast.Call):
+            name = _name_chain(node.func)
+            if name in _EVASION_CALLS or (keyword_detaches(node) and name.startswith("subprocess")):
+                yield (
+                    node.lineno,
+                    f"calls {name or 'a process start'}: code that can outlive or rewrite the test session",
+                )
+            elif test_file and name in _TEST_ONLY_CALLS and not _literal_name(node):
+                yield (
+                    node.lineno,
+                    f"calls {name} with a computed name in a test: what it reaches cannot be read",
+                )
+
+
+def keyword_detaches(node: ast.Call) -> bool:
+    """A ``subprocess`` call that starts its own session survives the pytest run's process group."""
+    return any(k.arg in ("start_new_session", "preexec_fn", "process_group") for k in node.keywords)
+
+
+def _literal_name(node: ast.Call) -> bool:
+    """The looked-up name is a string literal (``getattr(obj, "name")``)."""
+    return len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)  # noqa: PLR2004 - (obj, name)
 
 
 def _hook_lines(tree: ast.Module) -> Iterator[tuple[int, str]]:

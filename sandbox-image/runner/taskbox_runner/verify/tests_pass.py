@@ -159,6 +159,17 @@ def check_tests(
     if code not in (0, 1) and not (code == NO_TESTS_COLLECTED and ran <= 0):
         last = tests.completed.last_line() if tests.completed else ""
         findings.append(Finding(".", 1, "TB0507", f"pytest exited with code {code}: {last}"))
+    if code == 1 and junit.failed == 0:
+        # pytest says tests failed; a report that shows none was rewritten after pytest wrote it.
+        findings.append(
+            Finding(
+                ".",
+                1,
+                "TB0507",
+                "pytest exited with code 1 (tests failed) but its report shows no failure: "
+                "the report is not believed",
+            )
+        )
     verdict = (
         f"{junit.tests} tests: {junit.passed} passed, {junit.failures} failed, {junit.errors} errors, "
         f"{junit.skipped} skipped ({review.own_skips} by the model's files)"
