@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
 from controller.cli.common import CliError, InfrastructureError, echo_safe
-from controller.cli.report import event_line
-from controller.cli.run import make_runner
+from controller.cli.run import event_printer, make_runner
 from controller.display import make_console, safe_text
 from controller.errors import InvalidTaskError, PolicyError, RepositoryError, TaskboxError
 from controller.reproduce import Reproduction
 from controller.reproduce import reproduce as reproduce_run
 from controller.settings import get_settings
-
-if TYPE_CHECKING:
-    from controller.events import RunEvent
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +46,7 @@ def reproduce(
     settings = get_settings()
     if runs_dir is not None:
         settings = settings.model_copy(update={"runs_dir": runs_dir.resolve()})
-    console = make_console(stderr=True)
-    started = datetime.now(UTC)
-
-    def show(event: RunEvent) -> None:
-        if as_json:
-            return
-        try:
-            console.print(event_line(event, started))
-        except Exception:
-            log.exception("cannot show an event")
+    show = event_printer(quiet=as_json)
 
     try:
         found = reproduce_run(

@@ -20,11 +20,30 @@ from controller.sandbox.engines import open_engine
 from controller.settings import get_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from controller.events import RunEvent
     from controller.settings import Settings
     from taskbox_wire.contract import TaskResult
 
 log = logging.getLogger(__name__)
+
+
+def event_printer(*, quiet: bool) -> Callable[[RunEvent], None]:
+    """Live stages on stderr with the seconds since now (nothing when ``quiet``)."""
+    console = make_console(stderr=True)
+    started = datetime.now(UTC)
+
+    def show(event: RunEvent) -> None:
+        # Called from the sandbox's log-reading thread too: a display failure must not end it.
+        if quiet:
+            return
+        try:
+            console.print(event_line(event, started))
+        except Exception:
+            log.exception("cannot show an event")
+
+    return show
 
 
 def make_runner(settings: Settings) -> TaskRunner:
@@ -73,22 +92,12 @@ def run(  # click passes every option by keyword
     settings = get_settings()
     if runs_dir is not None:
         settings = settings.model_copy(update={"runs_dir": runs_dir.resolve()})
-    console = make_console(stderr=True)
     try:
         task = load_task_file(task_file)
     except InvalidTaskError as exc:
         raise CliError(str(exc)) from exc
     run_id = new_run_id(task.task_key)
-    started = datetime.now(UTC)
-
-    def show(event: RunEvent) -> None:
-        # Called from the sandbox's log-reading thread too: a display failure must not end it.
-        if as_json:
-            return
-        try:
-            console.print(event_line(event, started))
-        except Exception:
-            log.exception("cannot show an event")
+    show = event_printer(quiet=as_json)
 
     try:
         result = make_runner(settings).execute(

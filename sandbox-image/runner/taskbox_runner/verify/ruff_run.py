@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from taskbox_runner.verify.process import harness_env, run_bounded
 
 if TYPE_CHECKING:
+    from taskbox_runner.verify.process import Completed
     from taskbox_runner.verify.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ RUFF_DEFAULT_SELECT = ("E4", "E7", "E9", "F")
 #: Kept for callers of the first cut; the harness no longer widens ruff's defaults.
 DEFAULT_SELECT = RUFF_DEFAULT_SELECT
 RUFF_TIMEOUT_SECONDS = 120.0
+#: ``ruff check`` as every harness run starts it. ``-P``: the repository (the working folder)
+#: never goes on sys.path, so a model-written module there (``__future__.py``, ``ruff/``) is
+#: never imported by the harness.
+RUFF_CHECK = (sys.executable, "-P", "-m", "ruff", "check", "--no-cache")
 #: ruff's JSON for a huge repository could be larger; past this it is reported as unreadable.
 MAX_RUFF_OUTPUT = 64 * 1024 * 1024
 SYNTAX_RULE = "SYNTAX"
@@ -228,14 +233,7 @@ def run_ruff(
     if "exclude" in table or "extend-exclude" in table:
         run.project_excluded = project_excluded(space, config_path, files, scratch_dir)
     argv = [
-        sys.executable,
-        # -P: the repository (the working folder) never goes on sys.path, so a model-written
-        # module there (``__future__.py``, ``ruff/``) is never imported by the harness.
-        "-P",
-        "-m",
-        "ruff",
-        "check",
-        "--no-cache",
+        *RUFF_CHECK,
         "--no-fix",
         "--exit-zero",
         "--ignore-noqa",
@@ -251,14 +249,7 @@ def run_ruff(
         "--",
         *files,
     ]
-    done = run_bounded(
-        argv,
-        cwd=space.workdir,
-        env=harness_env(),
-        timeout=RUFF_TIMEOUT_SECONDS,
-        output_dir=scratch_dir,
-        label="ruff",
-    )
+    done = _run_ruff_command(argv, space, scratch_dir, "ruff")
     if done.returncode != 0:
         run.error = "ruff timed out" if done.timed_out else f"ruff failed: {done.last_line()}"
         return run
@@ -271,20 +262,27 @@ def run_ruff(
     return run
 
 
+def _run_ruff_command(
+    argv: list[str], space: Workspace, scratch_dir: Path, label: str
+) -> Completed:
+    """One bounded ruff process in the work tree, its output kept under ``label``."""
+    return run_bounded(
+        argv,
+        cwd=space.workdir,
+        env=harness_env(),
+        timeout=RUFF_TIMEOUT_SECONDS,
+        output_dir=scratch_dir,
+        label=label,
+    )
+
+
 def project_excluded(
     space: Workspace, config_path: Path, files: list[str], scratch_dir: Path
 ) -> set[str]:
     """Files the project's own ruff excludes leave out (``--show-files --force-exclude``), minus
     those ruff's default exclusions alone would drop (an owned ``build/`` is still code)."""
     argv = [
-        sys.executable,
-        # -P: the repository (the working folder) never goes on sys.path, so a model-written
-        # module there (``__future__.py``, ``ruff/``) is never imported by the harness.
-        "-P",
-        "-m",
-        "ruff",
-        "check",
-        "--no-cache",
+        *RUFF_CHECK,
         "--show-files",
         "--force-exclude",
         "--config",
@@ -292,14 +290,7 @@ def project_excluded(
         "--",
         *files,
     ]
-    done = run_bounded(
-        argv,
-        cwd=space.workdir,
-        env=harness_env(),
-        timeout=RUFF_TIMEOUT_SECONDS,
-        output_dir=scratch_dir,
-        label="ruff-files",
-    )
+    done = _run_ruff_command(argv, space, scratch_dir, "ruff-files")
     if done.returncode != 0:
         logger.warning("ruff --show-files failed: %s", done.last_line())
         return set()
@@ -321,28 +312,14 @@ def enabled_rules(
 ) -> frozenset[str] | None:
     """The rule codes ruff itself enables under ``config_path`` (its defaults change by version)."""
     argv = [
-        sys.executable,
-        # -P: the repository (the working folder) never goes on sys.path, so a model-written
-        # module there (``__future__.py``, ``ruff/``) is never imported by the harness.
-        "-P",
-        "-m",
-        "ruff",
-        "check",
-        "--no-cache",
+        *RUFF_CHECK,
         "--show-settings",
         "--config",
         str(config_path),
         "--",
         sample,
     ]
-    done = run_bounded(
-        argv,
-        cwd=space.workdir,
-        env=harness_env(),
-        timeout=RUFF_TIMEOUT_SECONDS,
-        output_dir=scratch_dir,
-        label="ruff-settings",
-    )
+    done = _run_ruff_command(argv, space, scratch_dir, "ruff-settings")
     if done.returncode != 0:
         logger.warning("ruff --show-settings failed: %s", done.last_line())
         return None
