@@ -255,6 +255,12 @@ def run(ctx: BenchContext) -> BenchResult:
         ),
         f"Executor module: {env['TASKBOX_EXECUTOR_MODULE']}{seeded}.",
     ]
+    listing = next((r for label, r in results.items() if "/v1/tasks" in label), None)
+    if listing is not None:
+        notes.append(
+            f"GET /v1/tasks serves {listing['requests_per_second']:.0f} req/s, "
+            f"{listing['requests_per_second'] / floor_rps:.2f}x the floor (issue 15's target: at least 0.5x)."
+        )
     return BenchResult(
         key="B5",
         title="API under load",

@@ -622,6 +622,24 @@ class TaskService:
             status=status, repositories=repositories, after_seq=after_seq, limit=limit
         )
 
+    def list_task_views(
+        self,
+        *,
+        redact: Callable[[str], str],
+        status: TaskState | None,
+        repositories: Sequence[str] | None,
+        after_seq: int,
+        limit: int,
+    ) -> list[tuple[int, str]]:
+        """One page of tasks in queue order, as ``(seq, TaskView JSON)`` (see :meth:`TaskStore.list_task_views`)."""
+        return self.store.list_task_views(
+            redact=redact,
+            status=status,
+            repositories=repositories,
+            after_seq=after_seq,
+            limit=limit,
+        )
+
     def result(self, task_id: str) -> TaskResult:
         """The final result; TaskNotFinishedError while the task is queued or running."""
         record = self.get(task_id)

@@ -180,6 +180,28 @@ class TaskRecord:
         )
 
 
+#: One task as the API's ``TaskView`` JSON (camelCase, same order), built by SQLite per row, so
+#: a listing neither builds a record nor validates a model per task. ``taskbox_redact`` is the
+#: caller's host-path redactor, registered for the query. Timestamps are stored as
+#: ``isoformat(timespec="microseconds")`` in UTC (:func:`_ts`) and written as pydantic writes
+#: them: ``...Z``, without a fraction when it is zero. tests/controller/test_store.py and
+#: tests/controller/api/test_tasks.py check this against ``TaskView`` byte for byte.
+_TASK_VIEW_JSON = (
+    "json_object("
+    "'id', t.id, 'taskKey', t.task_key, 'repository', t.repository, "
+    "'baseRef', t.base_ref, 'baseCommit', t.base_commit, 'status', t.status, "
+    "'queuePosition', CASE WHEN t.status = 'queued' THEN 1 + (SELECT COUNT(*) FROM tasks q "
+    "WHERE q.status = 'queued' AND q.seq < t.seq) END, "
+    "'attempts', t.attempts, 'runId', t.run_id, "
+    "'cancelRequested', json(CASE WHEN t.cancel_requested THEN 'true' ELSE 'false' END), "
+    "'reason', CASE WHEN t.reason IS NULL THEN NULL ELSE taskbox_redact(t.reason) END, "
+    "'createdBy', t.principal, "
+    "'createdAt', replace(replace(t.created_at, '.000000+00:00', 'Z'), '+00:00', 'Z'), "
+    "'startedAt', replace(replace(t.started_at, '.000000+00:00', 'Z'), '+00:00', 'Z'), "
+    "'finishedAt', replace(replace(t.finished_at, '.000000+00:00', 'Z'), '+00:00', 'Z'))"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class EventRecord:
     """One event of a task; ``seq`` counts from 1 per task and is the SSE event id."""
@@ -423,6 +445,49 @@ class TaskStore:
         sql = f"SELECT * FROM tasks WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608 - only placeholders are interpolated
         with self._read() as conn:
             return [TaskRecord.from_row(r) for r in conn.execute(sql, params)]
+
+    def list_task_views(
+        self,
+        *,
+        redact: Callable[[str], str],
+        status: str | None = None,
+        repositories: Sequence[str] | None = None,
+        after_seq: int = 0,
+        limit: int = 50,
+    ) -> list[tuple[int, str]]:
+        """:meth:`list_tasks`' page as ``(seq, TaskView JSON)`` pairs, in one query.
+
+        Keyset pagination on ``seq`` (an index range, however deep the page). Each
+        task's JSON, its queue position (a correlated count on the ``(status, seq)``
+        index, in the same snapshot) included, is built by SQLite; the stored task
+        and result JSON are never read. ``redact`` is applied to every ``reason``.
+        """
+        clauses = ["t.seq > ?"]
+        params: list[Any] = [after_seq]
+        if status is not None:
+            clauses.append("t.status = ?")
+            params.append(status)
+        if repositories is not None:
+            if not repositories:
+                return []
+            clauses.append(f"t.repository IN ({', '.join('?' for _ in repositories)})")
+            params.extend(repositories)
+        params.append(limit)
+        where = " AND ".join(clauses)
+        # The page comes back as one row: each row stepped would hand the GIL to the event loop
+        # and wait to get it back, which under load cost more than the query. JSON never holds a
+        # raw newline (json_object escapes control characters), so it separates the items; both
+        # aggregates walk the rows in the same order, and the pairs are sorted by seq anyway.
+        page = f"SELECT t.seq AS seq, {_TASK_VIEW_JSON} AS view FROM tasks t WHERE {where} ORDER BY t.seq LIMIT ?"  # noqa: S608 - only placeholders are interpolated
+        sql = f"SELECT group_concat(seq, ','), group_concat(view, char(10)) FROM ({page})"  # noqa: S608 - no value is interpolated
+        # One statement is one snapshot (autocommit, WAL): no BEGIN/COMMIT, two GIL hand-offs
+        # fewer. The lock serialises the shared connection; the redactor is the caller's.
+        with self._lock:
+            self._conn.create_function("taskbox_redact", 1, redact, deterministic=True)
+            seqs, views = self._conn.execute(sql, params).fetchone()
+        if seqs is None:
+            return []
+        return sorted(zip(map(int, seqs.split(",")), views.split("\n"), strict=True))
 
     def count_by_status(self) -> dict[str, int]:
         """How many tasks are in each state (every state present, zero when none)."""

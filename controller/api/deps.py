@@ -35,8 +35,8 @@ class AppContext:
     service: TaskService | None = field(default=None)
 
 
-def get_context(request: Request) -> AppContext:
-    """The app's context."""
+async def get_context(request: Request) -> AppContext:
+    """The app's context (no I/O: run on the event loop, not in the thread pool)."""
     context: AppContext = request.app.state.taskbox
     return context
 
@@ -44,7 +44,7 @@ def get_context(request: Request) -> AppContext:
 ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
-def get_service(context: ContextDep) -> TaskService:
+async def get_service(context: ContextDep) -> TaskService:
     """The running task service (503 ``shutting_down`` before start-up or after shutdown)."""
     if context.service is None:
         raise ShuttingDownError("the controller is not running its task service")
@@ -59,7 +59,7 @@ _bearer = HTTPBearer(
 )
 
 
-def authenticate(
+async def authenticate(
     context: ContextDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:

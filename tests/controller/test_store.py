@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -321,3 +322,86 @@ def test_keys_that_differ_only_in_case_are_one_key(store: TaskStore) -> None:
         store.create_task(keyed("b", "be-4", "p2", "k2"), QUEUED)
     with pytest.raises(TaskKeyTakenError):
         store.create_task(keyed("c", "Be-4", "p1", "k3"), QUEUED)  # the owner's, while active
+
+
+def _reference_views(store: TaskStore, redact: Callable[[str], str]) -> list[str]:
+    """Each task's TaskView JSON as the single-task route builds it (record, model, pydantic)."""
+    from controller.api.models import TaskView  # noqa: PLC0415 - the API model is the reference here
+
+    return [
+        TaskView(
+            id=record.id,
+            task_key=record.task_key,
+            repository=record.repository,
+            base_ref=record.base_ref,
+            base_commit=record.base_commit,
+            status=record.status,
+            queue_position=store.queue_position(record),
+            attempts=record.attempts,
+            run_id=record.run_id,
+            cancel_requested=record.cancel_requested,
+            reason=None if record.reason is None else redact(record.reason),
+            created_by=record.principal,
+            created_at=record.created_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+        ).model_dump_json(by_alias=True)
+        for record in store.list_tasks(limit=1000)
+    ]
+
+
+def test_list_task_views_is_the_task_view_json_of_every_state(store: TaskStore) -> None:
+    """The one-query listing writes, byte for byte, the JSON the TaskView model writes, in every state."""
+    for n in range(5):
+        store.create_task(new_task(f"t{n}", key=f"k{n}"), QUEUED)
+    store.claim_next(lambda key: f"run-{key}")  # t0 runs; t1..t4 queued at positions 1..4
+    store.mark_cancel_requested("t0", NewEvent("cancel_requested", "asked", {}))
+    store.claim_next(lambda key: f"run-{key}")
+    reason = 'failed in /srv/secret/repo/x.py: "quoted"\ttab \u00e9 \x01'
+    store.finish(
+        "t1", status="failed", result_json="{}", reason=reason, event=NewEvent("finished", "f", {})
+    )
+    # A timestamp whose fraction is zero: pydantic writes no fraction at all.
+    with store._lock:  # a row as an older clock could have written it
+        store._conn.execute(
+            "UPDATE tasks SET created_at = '2026-01-02T03:04:05.000000+00:00' WHERE id = 't2'"
+        )
+
+    def redact(text: str) -> str:
+        return text.replace("/srv/secret", "<host path>")
+
+    listed = store.list_task_views(redact=redact, limit=100)
+    assert [json_text for _, json_text in listed] == _reference_views(store, redact)
+    assert [seq for seq, _ in listed] == sorted(seq for seq, _ in listed)
+    assert "/srv/secret" not in "".join(view for _, view in listed)
+    assert '"createdAt":"2026-01-02T03:04:05Z"' in listed[2][1]
+    assert [json.loads(view)["queuePosition"] for _, view in listed] == [None, None, 1, 2, 3]
+
+
+def test_list_task_views_filters_and_pages_by_keyset(store: TaskStore) -> None:
+    """Status, repository and after_seq filter in the query; an empty repository list sees nothing."""
+    for n in range(6):
+        store.create_task(new_task(f"t{n}", key=f"k{n}"), QUEUED)
+    views = store.list_task_views(redact=str, limit=100)
+    seqs = [seq for seq, _ in views]
+    page = store.list_task_views(redact=str, after_seq=seqs[1], limit=2)
+    assert [seq for seq, _ in page] == seqs[2:4]
+    assert store.list_task_views(redact=str, repositories=["beta"]) == []
+    assert store.list_task_views(redact=str, repositories=[]) == []
+    assert len(store.list_task_views(redact=str, repositories=["alpha", "beta"])) == 6
+    assert store.list_task_views(redact=str, status="running") == []
+    assert len(store.list_task_views(redact=str, status="queued", limit=100)) == 6
+
+
+def test_list_task_views_is_one_statement(store: TaskStore) -> None:
+    """A page of queued tasks is read with one SQL statement: no query per task, no transaction."""
+    for n in range(20):
+        store.create_task(new_task(f"t{n}", key=f"k{n}"), QUEUED)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    try:
+        views = store.list_task_views(redact=str, limit=50)
+    finally:
+        store._conn.set_trace_callback(None)
+    assert len(views) == 20
+    assert len(statements) == 1, statements

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
+from controller.api.models import TaskPage, TaskView
 from tests.controller.api.conftest import (
     TOKEN_ALL,
+    TOKEN_ALPHA,
+    TOKEN_BETA,
     ServedApi,
     SettingsFactory,
     task_body,
@@ -285,6 +289,53 @@ def test_list_filters_and_pages(api: ServedApi, fake: FakeExecutor) -> None:
     assert forged.status_code == 422
     assert forged.json()["error"]["code"] == "validation_error"
     assert client.get("/v1/tasks", params={"status": "sleeping"}).status_code == 422
+
+
+def test_list_items_are_the_task_views_a_token_may_see(
+    serve_api: Callable[..., ServedApi], make_settings: SettingsFactory, fake: FakeExecutor
+) -> None:
+    """Every list item equals GET /v1/tasks/{id} (running, queued, failed), per token's repositories."""
+    settings = make_settings(max_concurrent_tasks=1)
+    api = serve_api(settings)
+    failed = submit(api, task_body("FAIL-9", repository="beta"), "kf")["body"]["id"]
+    wait_status(api, failed, "failed")
+    held = submit(api, task_body("HOLD-9"), "kh")["body"]["id"]
+    wait_status(api, held, "running")
+    queued = [submit(api, task_body(f"BE-{n}"), f"kq{n}")["body"]["id"] for n in range(3)]
+    # A reason naming a host path (as an old or careless writer could have stored it).
+    secret = f"{settings.runs_dir}/run-1/log.txt"
+    store = api.service.store
+    with store._lock:
+        store._conn.execute("UPDATE tasks SET reason = ? WHERE id = ?", (f"see {secret}", failed))
+    client = api.client()
+    statements: list[tuple[int, str]] = []
+    store._conn.set_trace_callback(lambda sql: statements.append((threading.get_ident(), sql)))
+    try:
+        listed = client.get("/v1/tasks")
+    finally:
+        store._conn.set_trace_callback(None)
+    # The request's thread ran one statement: no per-task query, no transaction around it.
+    (lister,) = {ident for ident, sql in statements if "json_object" in sql}
+    assert len([sql for ident, sql in statements if ident == lister]) == 1
+    assert listed.status_code == 200
+    assert listed.headers["content-type"] == "application/json"
+    items = listed.json()["items"]
+    assert [t["id"] for t in items] == [failed, held, *queued]
+    for item in items:
+        assert item == client.get(f"/v1/tasks/{item['id']}").json()
+    assert [t["queuePosition"] for t in items] == [None, None, 1, 2, 3]
+    page = TaskPage(items=[TaskView.model_validate(t) for t in items], next_cursor=None)
+    assert listed.content == page.model_dump_json(by_alias=True).encode()
+    assert str(settings.runs_dir) not in listed.text
+    assert items[0]["reason"] == "see <host path>"
+    alpha = api.client(TOKEN_ALPHA).get("/v1/tasks").json()["items"]
+    assert [t["id"] for t in alpha] == [held, *queued]
+    beta = api.client(TOKEN_BETA).get("/v1/tasks").json()["items"]
+    assert [t["id"] for t in beta] == [failed]
+    assert (
+        api.client(TOKEN_BETA).get("/v1/tasks", params={"repository": "alpha"}).status_code == 403
+    )
+    fake.release("HOLD-9")
 
 
 def test_audit_comes_from_the_executor(api: ServedApi, fake: FakeExecutor) -> None:
