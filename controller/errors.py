@@ -21,7 +21,10 @@
         ├── TaskNotFinishedError          the result was asked for while the task is queued or running
         ├── TaskFinishedError             a cancel was asked for after the task finished
         ├── ShuttingDownError             the controller is draining and takes no new work
-        └── QueueFullError                too many tasks are already waiting
+        ├── QueueFullError                too many tasks are already waiting
+        ├── PolicyUnavailableError        the task's policy cannot be loaded (an operator's problem)
+        ├── BranchExistsError             ``taskbox/<taskKey>`` already exists in the repository
+        └── TaskKeyTakenError             another caller used the key, or it is queued or running
 
 Messages say what is wrong in words a caller can act on; they never carry a
 stack trace or a secret.
@@ -160,3 +163,21 @@ class QueueFullError(ServiceError):
     """The queue holds as many tasks as the settings allow; retry later."""
 
     code = "queue_full"
+
+
+class PolicyUnavailableError(ServiceError):
+    """The policy a task would run under cannot be loaded (an operator's problem, not the caller's)."""
+
+    code = "policy_unavailable"
+
+
+class BranchExistsError(ServiceError):
+    """The repository already has ``taskbox/<taskKey>``: a run of this key could never land."""
+
+    code = "branch_exists"
+
+
+class TaskKeyTakenError(ServiceError):
+    """The task key is used in the repository by another caller, or is queued or running already."""
+
+    code = "task_key_taken"

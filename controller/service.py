@@ -30,12 +30,13 @@ from pydantic import BaseModel, ConfigDict, JsonValue, StringConstraints, Valida
 from controller.errors import (
     AuditNotFoundError,
     BaseRefError,
+    BranchExistsError,
     IdempotencyConflictError,
     PolicyError,
+    PolicyUnavailableError,
     QueueFullError,
     RepositoryError,
     RepositoryUnavailableError,
-    ServiceError,
     ShuttingDownError,
     TaskboxError,
     TaskFinishedError,
@@ -82,18 +83,6 @@ BRANCH_PREFIX = "taskbox/"
 LANDING_FILE = "landing.json"
 #: A landing record is a few KiB; anything far larger is not one of ours.
 MAX_LANDING_BYTES = 4 * 1024 * 1024
-
-
-class PolicyUnavailableError(ServiceError):
-    """The policy a task would run under cannot be loaded (an operator's problem, not the caller's)."""
-
-    code = "policy_unavailable"
-
-
-class BranchExistsError(ServiceError):
-    """The repository already has ``taskbox/<taskKey>``: a run of this key could never land."""
-
-    code = "branch_exists"
 
 
 class TaskExecutor(Protocol):

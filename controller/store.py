@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
-from controller.errors import ServiceError, StoreError
+from controller.errors import StoreError, TaskKeyTakenError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -113,12 +113,6 @@ def _parse_ts(value: str | None) -> datetime | None:
 
 #: States in which a task still holds its key: a second run of the key would race it for the branch.
 ACTIVE_STATES: frozenset[str] = frozenset({"queued", "running"})
-
-
-class TaskKeyTakenError(ServiceError):
-    """The task key is used in the repository by another caller, or is queued or running already."""
-
-    code = "task_key_taken"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,19 +21,20 @@ from controller.api.models import ErrorDetail, ErrorResponse
 from controller.errors import (
     AuditNotFoundError,
     BaseRefError,
+    BranchExistsError,
     IdempotencyConflictError,
     InvalidTaskError,
+    PolicyUnavailableError,
     QueueFullError,
     RepositoryUnavailableError,
     ShuttingDownError,
     TaskboxError,
     TaskFinishedError,
+    TaskKeyTakenError,
     TaskNotFinishedError,
     TaskNotFoundError,
     UnknownRepositoryError,
 )
-from controller.service import BranchExistsError, PolicyUnavailableError
-from controller.store import TaskKeyTakenError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -13,21 +13,22 @@ import pytest
 
 from controller.errors import (
     BaseRefError,
+    BranchExistsError,
     InvalidTaskError,
     RepositoryUnavailableError,
     SandboxError,
     ShuttingDownError,
+    TaskKeyTakenError,
     UnknownRepositoryError,
 )
 from controller.runs import new_run_id
 from controller.service import (
     MAX_ATTEMPTS,
-    BranchExistsError,
     TaskService,
     branch_commit,
     request_hash,
 )
-from controller.store import NewEvent, TaskKeyTakenError, TaskStore
+from controller.store import NewEvent, TaskStore
 from taskbox_wire.contract import Task, TaskResult
 from tests.conftest import git
 from tests.controller.api.fake_executor import FakeExecutor, wait_for

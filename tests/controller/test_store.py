@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 
 from controller import store as store_module
-from controller.errors import StoreError
+from controller.errors import StoreError, TaskKeyTakenError
 from controller.store import (
     SCHEMA_VERSION,
     NewEvent,
     NewTask,
-    TaskKeyTakenError,
     TaskStore,
     schema_version,
 )
