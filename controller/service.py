@@ -313,6 +313,7 @@ class TaskService:
                 # The run had put its checked commit on the branch: that is its result,
                 # whatever a cancel or the attempt count says; running it again could
                 # only fail on the branch it wrote itself.
+                self._complete_record(record, landed)
                 self._finish(record, landed)
                 action = landed.status
             elif isinstance(landed, str):
@@ -392,6 +393,23 @@ class TaskService:
             f"on {branch}, and {branch} now holds another commit ({current[:12]}); "
             "the branch was not changed and the task is not run again"
         )
+
+    def _complete_record(self, record: TaskRecord, result: TaskResult) -> None:
+        """Give a run record that stopped at its landing the result it landed (it never wrote one)."""
+        if self._runs_dir is None or record.run_id is None:
+            return
+        path = self._runs_dir / record.run_id / "record" / "result.json"
+        if path.exists() or path.is_symlink():
+            return
+        try:
+            path.write_text(
+                json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+            )
+        except OSError as exc:
+            logger.warning(
+                "cannot complete the record of a landed run",
+                extra={"run_id": record.run_id, "error": str(exc)},
+            )
 
     def _read_landing(self, record: TaskRecord) -> tuple[str, str, TaskResult] | None:
         """The run's landing intent (branch, commit, result) when it is present and coherent."""
