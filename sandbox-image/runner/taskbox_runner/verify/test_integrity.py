@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from taskbox_runner.verify.endpoints import dotted_name
 from taskbox_runner.verify.models import Finding
 from taskbox_runner.verify.pytest_run import DEFAULT_PYTHON_FILES
 from taskbox_runner.verify.suite_index import tests_in_module
@@ -84,18 +85,6 @@ _HARNESS_TEXT = re.compile(
 )
 _BROAD_EXCEPTIONS = frozenset({"Exception", "BaseException", "AssertionError"})
 _ASSERT_CALLS = frozenset({"raises", "warns", "deprecated_call", "fail", "expect"})
-
-
-def _name_chain(node: ast.expr) -> str:
-    """``a.b.c`` for a Name/Attribute chain, '' otherwise."""
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-        return ".".join(reversed(parts))
-    return ""
 
 
 def _model_python(space: Workspace) -> list[str]:
@@ -180,7 +169,7 @@ def _evasion_lines(tree: ast.Module, *, test_file: bool) -> Iterator[tuple[int, 
                         f"imports {module}: code that can act outside the test session",
                     )
         elif isinstance(node, ast.Call):
-            name = _name_chain(node.func)
+            name = dotted_name(node.func)
             if name in _EVASION_CALLS or (keyword_detaches(node) and name.startswith("subprocess")):
                 yield (
                     node.lineno,
@@ -219,7 +208,7 @@ def _hook_lines(tree: ast.Module) -> Iterator[tuple[int, str]]:
         elif isinstance(node, ast.Attribute) and _plugin_machinery(node):
             yield (
                 node.lineno,
-                f"reaches pytest's plugin machinery ({_name_chain(node) or node.attr})",
+                f"reaches pytest's plugin machinery ({dotted_name(node) or node.attr})",
             )
         elif isinstance(node, ast.Call):
             yield from _patch_call(node, guarded)
@@ -239,7 +228,7 @@ def _harness_text(node: ast.AST) -> TypeGuard[ast.Constant]:
 def _plugin_machinery(node: ast.Attribute) -> bool:
     if node.attr in _PLUGIN_MACHINERY:
         return True
-    owner = _name_chain(node.value).rsplit(".", 1)[-1]
+    owner = dotted_name(node.value).rsplit(".", 1)[-1]
     return node.attr == "hook" and owner in {"config", "session", "_config", "_session"}
 
 
@@ -288,7 +277,7 @@ def _guarded_aliases(tree: ast.Module) -> set[str]:
 def _guarded_target(target: ast.expr, guarded: set[str]) -> bool:
     if isinstance(target, ast.Attribute | ast.Subscript):
         chain = (
-            _name_chain(target.value) if isinstance(target, ast.Subscript) else _name_chain(target)
+            dotted_name(target.value) if isinstance(target, ast.Subscript) else dotted_name(target)
         )
         root = chain.split(".")[0] if chain else ""
         return root in guarded
@@ -304,16 +293,16 @@ def _assignment(
         if isinstance(target, ast.Name) and target.id == "pytest_plugins":
             yield node.lineno, "declares pytest_plugins (loads plugins the harness did not choose)"
         elif _guarded_target(target, guarded):
-            chain = _name_chain(target) or "an attribute"
+            chain = dotted_name(target) or "an attribute"
             yield node.lineno, f"{verb} {chain} of pytest or the harness"
 
 
 def _patch_call(node: ast.Call, guarded: set[str]) -> Iterator[tuple[int, str]]:
-    func = _name_chain(node.func)
+    func = dotted_name(node.func)
     last = func.rsplit(".", 1)[-1]
     if last in {"setattr", "delattr", "setitem", "patch", "object"} and node.args:
         first = node.args[0]
-        chain = _name_chain(first)
+        chain = dotted_name(first)
         if chain and chain.split(".")[0] in guarded:
             yield node.lineno, f"patches {chain} (pytest or the harness)"
     if func in {"sys.settrace", "sys.setprofile", "threading.settrace", "os._exit"}:
@@ -434,7 +423,7 @@ def _assertion_kind(node: ast.AST, helpers: set[str]) -> str | None:
     if isinstance(node, ast.Raise):
         return "real"
     if isinstance(node, ast.Call):
-        chain = _name_chain(node.func)
+        chain = dotted_name(node.func)
         last = chain.rsplit(".", 1)[-1]
         if (
             last.startswith(("assert", "_assert"))
@@ -535,7 +524,7 @@ def _swallowed(
                 call = item.context_expr
                 if (
                     isinstance(call, ast.Call)
-                    and _name_chain(call.func).rsplit(".", 1)[-1] == "suppress"
+                    and dotted_name(call.func).rsplit(".", 1)[-1] == "suppress"
                     and any(_broad(arg) for arg in call.args)
                 ):
                     guarded = inner.body
@@ -551,13 +540,13 @@ def _broad(expr: ast.expr | None) -> bool:
         return True
     if isinstance(expr, ast.Tuple):
         return any(_broad(e) for e in expr.elts)
-    return _name_chain(expr).rsplit(".", 1)[-1] in _BROAD_EXCEPTIONS
+    return dotted_name(expr).rsplit(".", 1)[-1] in _BROAD_EXCEPTIONS
 
 
 def _reraises(handler: ast.ExceptHandler) -> bool:
     return any(
         isinstance(n, ast.Raise | ast.Assert)
-        or (isinstance(n, ast.Call) and _name_chain(n.func).rsplit(".", 1)[-1] in {"fail", "exit"})
+        or (isinstance(n, ast.Call) and dotted_name(n.func).rsplit(".", 1)[-1] in {"fail", "exit"})
         for n in ast.walk(handler)
     )
 
