@@ -425,18 +425,11 @@ class TaskStore:
         limit: int = 50,
     ) -> list[TaskRecord]:
         """Tasks in queue order after ``after_seq``; ``repositories=None`` means every repository."""
-        clauses = ["seq > ?"]
-        params: list[Any] = [after_seq]
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status)
-        if repositories is not None:
-            if not repositories:
-                return []
-            clauses.append(f"repository IN ({', '.join('?' for _ in repositories)})")
-            params.extend(repositories)
-        params.append(limit)
-        sql = f"SELECT * FROM tasks WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608 - only placeholders are interpolated
+        page = _page_filter("", status, repositories, after_seq, limit)
+        if page is None:
+            return []
+        where, params = page
+        sql = f"SELECT * FROM tasks WHERE {where} ORDER BY seq LIMIT ?"  # noqa: S608 - only placeholders are interpolated
         with self._read() as conn:
             return [TaskRecord.from_row(r) for r in conn.execute(sql, params)]
 
@@ -456,18 +449,10 @@ class TaskStore:
         index, in the same snapshot) included, is built by SQLite; the stored task
         and result JSON are never read. ``redact`` is applied to every ``reason``.
         """
-        clauses = ["t.seq > ?"]
-        params: list[Any] = [after_seq]
-        if status is not None:
-            clauses.append("t.status = ?")
-            params.append(status)
-        if repositories is not None:
-            if not repositories:
-                return []
-            clauses.append(f"t.repository IN ({', '.join('?' for _ in repositories)})")
-            params.extend(repositories)
-        params.append(limit)
-        where = " AND ".join(clauses)
+        found = _page_filter("t.", status, repositories, after_seq, limit)
+        if found is None:
+            return []
+        where, params = found
         # The page comes back as one row: each row stepped would hand the GIL to the event loop
         # and wait to get it back, which under load cost more than the query. JSON never holds a
         # raw newline (json_object escapes control characters), so it separates the items; both
@@ -719,3 +704,29 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
+
+
+def _page_filter(
+    prefix: str,
+    status: str | None,
+    repositories: Sequence[str] | None,
+    after_seq: int,
+    limit: int,
+) -> tuple[str, list[Any]] | None:
+    """The WHERE clause and parameters (``limit`` last) of one list page; None: nothing can match.
+
+    ``prefix`` qualifies the columns (``"t."`` under an alias). Only placeholders are
+    interpolated into the SQL.
+    """
+    clauses = [f"{prefix}seq > ?"]
+    params: list[Any] = [after_seq]
+    if status is not None:
+        clauses.append(f"{prefix}status = ?")
+        params.append(status)
+    if repositories is not None:
+        if not repositories:
+            return None
+        clauses.append(f"{prefix}repository IN ({', '.join('?' for _ in repositories)})")
+        params.extend(repositories)
+    params.append(limit)
+    return " AND ".join(clauses), params
