@@ -367,10 +367,50 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     task = Task.model_json_schema(by_alias=True, mode="validation")
     task["$id"] = "https://taskbox.dev/schemas/task.schema.json"
     task["properties"]["contextJson"]["description"] = (
-        "Dependency results keyed '<taskKey>-ctx' (required: relevant_files, world_state), "
+        "Dependency results keyed '<taskKey>-ctx' (relevant_files, world_state), "
         "'<taskKey>-schema' (interfaces, data_models, constraints) and "
         "'<taskKey>-contract' (openapi_path); may also be sent as a JSON string."
     )
+    _context_key_rules(task)
     result = TaskResult.model_json_schema(mode="serialization")
     result["$id"] = "https://taskbox.dev/schemas/result.schema.json"
     return {"task.schema.json": task, "result.schema.json": result}
+
+
+#: What a ``contextJson`` key looks like: a task key and one of the dependency suffixes.
+CONTEXT_KEY_PATTERN = "^" + TASK_KEY_PATTERN.strip("^$") + "-(" + "|".join(_SUFFIXES) + ")$"
+
+
+def _context_key_rules(task: dict[str, Any]) -> None:
+    """Write into the task schema the ``contextJson`` rules its model validates in code.
+
+    Each key is the task's key plus a dependency suffix, and the suffix selects the
+    result's strict shape. A schema cannot say "the same task key as ``taskKey``", so
+    the description says it; the object form may also arrive as JSON text.
+    """
+    defs = task.setdefault("$defs", {})
+    shapes: dict[str, Any] = {}
+    for suffix, model in _SUFFIXES.items():
+        shape = model.model_json_schema(ref_template="#/$defs/{model}")
+        for name, definition in shape.pop("$defs", {}).items():
+            defs.setdefault(name, definition)
+        defs[model.__name__] = shape
+        shapes[f"-{suffix}$"] = {"$ref": f"#/$defs/{model.__name__}"}
+    context = task["properties"]["contextJson"]
+    description = context.pop("description")
+    task["properties"]["contextJson"] = {
+        "description": description
+        + " The key '<taskKey>-ctx' is required and every key is the task's own taskKey"
+        " followed by -ctx, -schema or -contract.",
+        "title": context.get("title", "Contextjson"),
+        "anyOf": [
+            {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {"pattern": CONTEXT_KEY_PATTERN},
+                "patternProperties": shapes,
+                "additionalProperties": False,
+            },
+            {"type": "string", "description": "The same object, as JSON text."},
+        ],
+    }
