@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Protocol
 
 from pydantic import BaseModel, ConfigDict, JsonValue, StringConstraints, ValidationError
@@ -45,7 +46,7 @@ from controller.errors import (
     UnknownRepositoryError,
 )
 from controller.gitrepo import ensure_repository, resolve_commit, run_git
-from controller.runs import new_run_id
+from controller.runs import LANDING_FILE, RunMeta, RunRecord, new_run_id
 from controller.store import (
     EventRecord,
     NewEvent,
@@ -80,7 +81,6 @@ MAX_EVENT_DATA_BYTES = 64 * 1024
 #: The branch a run of a task writes: ``taskbox/<taskKey>``.
 BRANCH_PREFIX = "taskbox/"
 #: What a run writes in its record folder right before it moves ``taskbox/<key>``.
-LANDING_FILE = "landing.json"
 #: A landing record is a few KiB; anything far larger is not one of ours.
 MAX_LANDING_BYTES = 4 * 1024 * 1024
 
@@ -395,17 +395,26 @@ class TaskService:
         )
 
     def _complete_record(self, record: TaskRecord, result: TaskResult) -> None:
-        """Give a run record that stopped at its landing the result it landed (it never wrote one)."""
+        """Give a run record that stopped at its landing what the run would have written last.
+
+        That is the result it landed (``result.json``) and, in ``run.json``, its status
+        and a finish time (the recovery's, the only one known), so `taskbox runs` and
+        `taskbox reproduce` read it like any finished run.
+        """
         if self._runs_dir is None or record.run_id is None:
             return
-        path = self._runs_dir / record.run_id / "record" / "result.json"
-        if path.exists() or path.is_symlink():
-            return
+        run = RunRecord(self._runs_dir, record.run_id)
+        path = run.dir / "result.json"
         try:
-            path.write_text(
-                json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-            )
-        except OSError as exc:
+            if not (path.exists() or path.is_symlink()):
+                run.write_json("result.json", result.model_dump(mode="json"))
+            meta = RunMeta.model_validate(run.read_json("run.json"))
+            if meta.status is None:
+                meta.finished_at = datetime.now(UTC)
+                meta.status = result.status
+                run.write_json("run.json", meta.model_dump(mode="json"))
+        except (OSError, ValueError) as exc:
+            # ValueError: json's and pydantic's; a record this broken stays as it is.
             logger.warning(
                 "cannot complete the record of a landed run",
                 extra={"run_id": record.run_id, "error": str(exc)},

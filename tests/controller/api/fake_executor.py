@@ -189,6 +189,20 @@ class FakeExecutor:
         )
         record = self.runs_dir / run_id / "record"
         record.mkdir(parents=True, exist_ok=True)
+        # A real run wrote run.json at its start, with no status or finish time yet.
+        meta = {
+            "run_id": run_id,
+            "task_key": key,
+            "repository": "alpha",
+            "base_ref": base_ref,
+            "base_commit": base_ref,
+            "model": "scripted:fake",
+            "policy": "be-python",
+            "policy_digest": "0" * 64,
+            "commit_date": "2026-12-06T00:00:00Z",
+            "started_at": "2026-12-06T00:00:00Z",
+        }
+        _write_synced(record / "run.json", json.dumps(meta))
         landing = {
             "branch": f"taskbox/{key}",
             "commit": commit,

@@ -82,6 +82,9 @@ def test_a_crash_right_after_the_branch_is_written_finishes_succeeded(
     assert len(fake.calls()) == 1  # recovery did not run the task again
     recorded = tmp_path / "runs" / call["run_id"] / "record" / "result.json"
     assert json.loads(recorded.read_text())["git_commit"] == landed  # the record is complete
+    meta = json.loads(recorded.with_name("run.json").read_text())
+    assert meta["status"] == "succeeded"
+    assert meta["finished_at"] is not None
     assert fake.containers() == []
     assert fake.stagings() == []
     assert branch_of(repos["alpha"], "LAND-1") == landed
