@@ -23,6 +23,9 @@ from controller.api.metrics import TaskMetrics
 from controller.api.middleware import BearerGate, RequestContextMiddleware
 from controller.api.redact import HostPathRedactor
 from controller.api.routes import system, tasks
+from controller.api.ui import COOKIE_ACCESS
+from controller.api.ui import PUBLIC_PATHS as UI_PUBLIC_PATHS
+from controller.api.ui import router as ui_router
 from controller.service import TaskService
 from controller.settings import PROJECT_ROOT, Settings
 from controller.store import TaskStore
@@ -64,8 +67,9 @@ CONTEXT_RESULTS: dict[str, type[BaseModel]] = {
     "contract": ContractResult,
 }
 
-#: Paths answered without a token: liveness and readiness probes carry none.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+#: Paths answered without a token: liveness and readiness probes carry none; the web view's
+#: sign-in form and stylesheet are how a browser gets one.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | UI_PUBLIC_PATHS
 
 
 def create_app(
@@ -125,11 +129,16 @@ def create_app(
     install_error_handlers(app)
     # add_middleware wraps: the last added runs first. Order on the way in: request id and
     # body cap, then the token gate, then FastAPI's routing and body parsing.
-    app.add_middleware(BearerGate, tokens=context.tokens, public_paths=PUBLIC_PATHS)
+    app.add_middleware(
+        BearerGate, tokens=context.tokens, public_paths=PUBLIC_PATHS, cookie_access=COOKIE_ACCESS
+    )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
     app.include_router(tasks.router)
     app.include_router(system.router)
-    app.state.route_methods = route_methods([*tasks.router.routes, *system.router.routes])
+    app.include_router(ui_router)
+    app.state.route_methods = route_methods(
+        [*tasks.router.routes, *system.router.routes, *ui_router.routes]
+    )
     _tidy_openapi(app)
     return app
 

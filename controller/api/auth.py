@@ -9,6 +9,8 @@ never by the token itself, in the store and in logs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 ALL_REPOSITORIES = "*"
+#: Longest cookie value decoded (a token's base64url form); longer is refused unread.
+MAX_COOKIE_CHARS = 4096
 
 
 def _digest(token: str) -> bytes:
@@ -64,3 +68,19 @@ class TokenRegistry:
             if hmac.compare_digest(presented, digest):
                 found = principal
         return found
+
+
+def encode_cookie_token(token: str) -> str:
+    """The web view's cookie value for ``token``: base64url, so any token is a valid cookie value."""
+    return base64.urlsafe_b64encode(token.encode("utf-8", "surrogatepass")).decode().rstrip("=")
+
+
+def decode_cookie_token(value: str) -> str | None:
+    """The token a web view cookie holds, or ``None`` when it is not one :func:`encode_cookie_token` made."""
+    if not value or len(value) > MAX_COOKIE_CHARS:
+        return None
+    try:
+        raw = base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True)
+        return raw.decode("utf-8", "surrogatepass") or None
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None

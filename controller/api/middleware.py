@@ -11,8 +11,12 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from starlette.requests import cookie_parser
+
+from controller.api.auth import decode_cookie_token
 from controller.api.errors import RequestTooLargeError
 
 if TYPE_CHECKING:
@@ -96,22 +100,64 @@ class RequestContextMiddleware:
         return receive_capped
 
 
+@dataclass(frozen=True, slots=True)
+class CookieAccess:
+    """Where the web view's cookie stands in for the bearer header: reads of its pages, nothing else.
+
+    A browser cannot send ``Authorization`` when it follows a link, so the web view
+    signs a person in by setting an HttpOnly, SameSite=Strict cookie that holds the
+    token (base64url, :func:`~controller.api.auth.encode_cookie_token`). The gate takes
+    it only for GET and HEAD under ``prefix`` and checks it against the same tokens,
+    in the same constant time; every other path and method still needs the header,
+    so the cookie can never call the API. A browser without a valid cookie is sent
+    to ``sign_in_path`` (303), and a cookie that is not valid is cleared.
+    """
+
+    prefix: str
+    """Path prefix of the web view's pages, e.g. ``/ui``."""
+    cookie_name: str
+    """Name of the cookie that holds the token."""
+    sign_in_path: str
+    """Where a browser without a valid cookie is sent."""
+
+    def covers(self, scope: Scope) -> bool:
+        """True for a read of one of the web view's pages."""
+        path = str(scope.get("path", ""))
+        return scope.get("method") in {"GET", "HEAD"} and (
+            path == self.prefix or path.startswith(self.prefix + "/")
+        )
+
+    def cookie(self, headers: dict[bytes, bytes]) -> str | None:
+        """The raw value of the request's sign-in cookie, if it sent one."""
+        raw = headers.get(b"cookie")
+        if raw is None:
+            return None
+        return cookie_parser(raw.decode("latin-1")).get(self.cookie_name)
+
+
 class BearerGate:
     """Refuses a request without a valid bearer token before anything reads its body.
 
     FastAPI parses a body before it runs dependencies, so without this gate a
     caller with no token could still learn from 400/422 answers what the API
     accepts. The route dependency authenticates again to get the caller's
-    principal; the gate only says no early.
+    principal; the gate only says no early. With ``cookie_access``, the web
+    view's pages also accept the sign-in cookie (see :class:`CookieAccess`).
     """
 
     def __init__(
-        self, app: ASGIApp, *, tokens: TokenRegistry, public_paths: frozenset[str]
+        self,
+        app: ASGIApp,
+        *,
+        tokens: TokenRegistry,
+        public_paths: frozenset[str],
+        cookie_access: CookieAccess | None = None,
     ) -> None:
-        """Wrap ``app``; ``public_paths`` (health probes) pass without a token."""
+        """Wrap ``app``; ``public_paths`` (health probes, the sign-in page) pass without a token."""
         self.app = app
         self.tokens = tokens
         self.public_paths = public_paths
+        self.cookie_access = cookie_access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI call."""
@@ -122,6 +168,15 @@ class BearerGate:
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and token and self.tokens.authenticate(token) is not None:
             await self.app(scope, receive, send)
+            return
+        access = self.cookie_access
+        if access is not None and access.covers(scope):
+            cookie = access.cookie(headers)
+            cookie_token = None if cookie is None else decode_cookie_token(cookie)
+            if cookie_token is not None and self.tokens.authenticate(cookie_token) is not None:
+                await self.app(scope, receive, send)
+                return
+            await _send_to_sign_in(send, access, clear=cookie is not None)
             return
         request_id = str(scope.get("state", {}).get("request_id", ""))
         message = (
@@ -135,6 +190,25 @@ class BearerGate:
             request_id=request_id,
             extra_headers=[(b"www-authenticate", b"Bearer")],
         )
+
+
+async def _send_to_sign_in(send: Send, access: CookieAccess, *, clear: bool) -> None:
+    """303 to the sign-in page, clearing a cookie that did not authenticate."""
+    headers = [
+        (b"location", access.sign_in_path.encode()),
+        (b"content-length", b"0"),
+        (b"cache-control", b"no-store"),
+    ]
+    if clear:
+        headers.append(
+            (
+                b"set-cookie",
+                f"{access.cookie_name}=; Max-Age=0; Path={access.prefix}; HttpOnly; "
+                "SameSite=Strict".encode(),
+            )
+        )
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _send_too_large(send: Send, request_id: str, limit: int) -> None:
