@@ -43,10 +43,59 @@ class Settings(BaseSettings):
     """Where the gateway sends model requests: ``anthropic``, ``scripted:FILE`` or ``replay:RUN_DIR``."""
     anthropic_base_url: str = "https://api.anthropic.com"
     """Upstream of the ``anthropic`` gateway upstream."""
-    sandbox_backend: Literal["docker"] = "docker"
-    """The engine sandboxes run on (``controller.sandbox.engines.open_engine``); Docker today."""
+    sandbox_backend: Literal["docker", "kubernetes"] = "docker"
+    """The engine sandboxes run on (``controller.sandbox.engines.open_engine``): ``docker``
+    (one host) or ``kubernetes`` (one Pod per sandbox, the ``kubernetes_*`` settings)."""
     docker_host: str | None = None
     """Engine address; the docker SDK's default (``DOCKER_HOST`` or the local socket) when unset."""
+    kubernetes_namespace: str = Field(
+        default="taskbox", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+    )
+    """The namespace every sandbox Pod and NetworkPolicy is made in (it should enforce Pod
+    Security ``restricted`` and hold nothing else: preflight checks the label)."""
+    kubernetes_kubeconfig: Path | None = None
+    """The kubeconfig file; unset: in-cluster service-account configuration when the controller
+    runs in a Pod, else ``KUBECONFIG`` or ``~/.kube/config``."""
+    kubernetes_context: str | None = None
+    """The kubeconfig context to use; its current context when unset."""
+    kubernetes_image: str | None = None
+    """The sandbox image reference the cluster pulls (a registry reference, best pinned by
+    digest: ``registry.example/taskbox-sandbox@sha256:...``); required with ``kubernetes``."""
+    kubernetes_exchange_host: str = "127.0.0.1"
+    """Where the controller's file exchange binds (set an address Pods can reach)."""
+    kubernetes_exchange_port: int = Field(default=8765, ge=0, le=65535)
+    """The exchange's port (0 picks a free one: tests only)."""
+    kubernetes_exchange_url: str | None = None
+    """The exchange's base URL as Pods dial it, ``http://HOST:PORT`` (an IP address: the Pods
+    have no DNS unless ``kubernetes_dns``); required with ``kubernetes``."""
+    kubernetes_exchange_max_out_bytes: int = Field(default=128 * 2**20, ge=1024, le=2**33)
+    """The largest ``out.tar`` a Pod may upload; a larger one is cut and refused (413)."""
+    kubernetes_gateway_port: int = Field(default=8766, ge=1, le=65535)
+    """The TCP port of the model gateway as the agent's Pod reaches it (the only egress
+    its NetworkPolicy allows besides the exchange)."""
+    kubernetes_controller_selector: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "taskbox-controller"}
+    )
+    """Labels of the controller's Pods (``key=value,key2=value2``): the NetworkPolicy's only
+    egress destination (gateway and exchange)."""
+    kubernetes_controller_namespace: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+    )
+    """The namespace of the controller's Pods (for the NetworkPolicy); the sandboxes' when unset."""
+    kubernetes_controller_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Address blocks of a controller outside the cluster (``172.18.0.1/32,...``), reachable
+    on the exchange and gateway ports only."""
+    kubernetes_dns: bool = False
+    """Let Pods query the cluster DNS (only for an exchange URL with a host name: a Pod that
+    may look names up has a channel out)."""
+    kubernetes_user_namespaces: bool = True
+    """Give each Pod its own user namespace (``hostUsers: false``); turn off only on a cluster
+    that cannot (Linux 6.3+ and a runtime with id-mapped mounts are needed)."""
+    kubernetes_runtime_class: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+    )
+    """The RuntimeClass every sandbox Pod runs under (``gvisor``, ``kata``); the cluster's
+    default runtime when unset. Preflight checks it exists."""
     api_tokens: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
     """Bearer tokens of the API: ``TOKEN=repo1,repo2;TOKEN2=*`` (``*`` allows every repository)."""
     repositories: Annotated[dict[str, Path], NoDecode] = Field(default_factory=dict)
@@ -86,6 +135,21 @@ class Settings(BaseSettings):
                         "an API token is a placeholder or shorter than 16 characters; "
                         "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
                     )
+        return value
+
+    @field_validator("kubernetes_controller_selector", mode="before")
+    @classmethod
+    def _parse_selector(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = (item.partition("=") for item in value.split(",") if item.strip())
+            return {key.strip(): label.strip() for key, _, label in pairs}
+        return value
+
+    @field_validator("kubernetes_controller_cidrs", mode="before")
+    @classmethod
+    def _parse_cidrs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("repositories", mode="before")

@@ -13,29 +13,51 @@ from rich.text import Text
 
 from controller.admission import Admission, plan_admission
 from controller.cli.common import CliError, echo_safe, load_task_file
-from controller.display import make_console, safe_text
+from controller.display import escape_text, make_console, safe_text
 from controller.errors import SandboxError, TaskboxError
+from controller.judge import judge_policy
 from controller.policy.loader import load_policy_file
 from controller.sandbox.engines import open_engine
-from controller.sandbox.spec import ContainerSpec, StagingPaths, build_container_spec
+from controller.sandbox.kubernetes.manifests import manifests, to_yaml
+from controller.sandbox.kubernetes.target import target_from_settings
+from controller.sandbox.spec import (
+    PHASE_AGENT,
+    PHASE_JUDGE,
+    ContainerSpec,
+    StagingPaths,
+    build_container_spec,
+)
 from controller.settings import get_settings
-from taskbox_wire.paths import RUNNER_COMMAND
+from taskbox_wire.paths import BASE_DIR, F2P_DIR, RUNNER_COMMAND, judge_command
 
 if TYPE_CHECKING:
     from controller.image import ImageEngine
+    from controller.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+#: The run id ``policy explain`` shows in names, labels and the exchange URL.
+EXPLAIN_RUN_ID = "explain"
 
 
 class Explanation:
     """A task's plan, the image it would run, and the exact container settings it would get."""
 
-    def __init__(self, admission: Admission, image_id: str | None, spec: ContainerSpec) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        image_id: str | None,
+        spec: ContainerSpec,
+        judge_spec: ContainerSpec | None = None,
+    ) -> None:
         self.plan = admission.plan
         self.policy = admission.policy
         self.image = admission.image
         self.image_id = image_id
         self.spec = spec
+        self.judge_spec = judge_spec
+        """The judge's container (no gateway, the base and fail-to-pass trees read-only)."""
 
     def as_json(self) -> dict[str, Any]:
         """The ``--json`` form: read_only, read_write, refused, image, container, policy."""
@@ -78,16 +100,81 @@ def explain_task(
         images=images,
     )
     image_id = images.image_id(admission.image) if images is not None else None
+    # A run creates its container from the image's content id, so the settings show it too.
+    image = image_id or admission.image
     spec = build_container_spec(
         policy=admission.policy,
         plan=admission.plan,
         staging=StagingPaths.under(staging_root),
-        # A run creates its container from the image's content id, so the settings show it too.
-        image=image_id or admission.image,
-        run_id="explain",
+        image=image,
+        run_id=EXPLAIN_RUN_ID,
         command=list(RUNNER_COMMAND),
     )
-    return Explanation(admission, image_id, spec)
+    # The judge's staging as controller.staging.stage_judge lays it out (no gateway folder).
+    # A real judge leaves out the owned files its candidate does not have (judge.judge_plan).
+    judge_root = staging_root.parent / "judge"
+    judge_staging = StagingPaths.under(judge_root).model_copy(
+        update={
+            "gateway": None,
+            "extra_read_only": {BASE_DIR: judge_root / "base", F2P_DIR: judge_root / "f2p"},
+        }
+    )
+    judge_spec = build_container_spec(
+        policy=judge_policy(admission.policy),
+        plan=admission.plan,
+        staging=judge_staging,
+        image=image,
+        run_id=EXPLAIN_RUN_ID,
+        command=judge_command(),
+        phase=PHASE_JUDGE,
+    )
+    return Explanation(admission, image_id, spec, judge_spec)
+
+
+def kubernetes_manifests(
+    ex: Explanation, settings: Settings
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The NetworkPolicy and the Pod of each phase (agent, judge) a task would get on a cluster.
+
+    The target comes from the ``kubernetes_*`` settings (their defaults without a cluster);
+    the exchange token is a placeholder: a run makes a fresh single-use one.
+    """
+    target = target_from_settings(settings)
+    if target.image is None:
+        # A cluster pulls a reference, never a local content id: show the image's name.
+        target = target.model_copy(update={"image": ex.image})
+    runtime_class = ex.policy.runtime_class or settings.kubernetes_runtime_class
+    phases = [(PHASE_AGENT, ex.spec)]
+    if ex.judge_spec is not None:
+        phases.append((PHASE_JUDGE, ex.judge_spec))
+    return [
+        (
+            phase,
+            manifests(
+                spec,
+                target,
+                run_id=EXPLAIN_RUN_ID,
+                phase=phase,
+                exchange_token=None,
+                runtime_class=runtime_class,
+            ),
+        )
+        for phase, spec in phases
+    ]
+
+
+def _print_kubernetes(ex: Explanation, settings: Settings) -> None:
+    # One YAML stream; each phase's documents follow a comment that names it. Task text can
+    # reach names and paths only through PyYAML, which escapes control and non-ASCII characters.
+    head = escape_text(
+        f"taskbox policy explain: task {ex.plan.task_key}, policy {ex.policy.name} "
+        f"({ex.policy.digest()})"
+    )
+    click.echo(f"# {head}")
+    for phase, documents in kubernetes_manifests(ex, settings):
+        who = "the agent's sandbox" if phase == PHASE_AGENT else "the judge's sandbox (no gateway)"
+        click.echo(f"# phase {phase}: {who}: NetworkPolicy, then Pod")
+        click.echo(to_yaml(documents), nl=False)
 
 
 def _print_explanation(ex: Explanation) -> None:
@@ -175,16 +262,41 @@ def policy() -> None:
 @click.option("--base", default="HEAD", show_default=True, help="Base commit or ref.")
 @click.option("--policy", "policy_name", default=None, help="Policy name (default: the worker's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of tables.")
-def explain(task_file: Path, repo: Path, base: str, policy_name: str | None, as_json: bool) -> None:
+@click.option(
+    "--backend",
+    type=click.Choice(["docker", "kubernetes"]),
+    default="docker",
+    show_default=True,
+    help="docker: the mount plan and container settings; kubernetes: the Pod and "
+    "NetworkPolicy of the agent's and the judge's sandbox, as YAML.",
+)
+def explain(
+    task_file: Path,
+    repo: Path,
+    *,
+    base: str,
+    policy_name: str | None,
+    as_json: bool,
+    backend: str,
+) -> None:
     """Print the mount plan and the exact container settings a task would get."""
     settings = get_settings()
+    if as_json and backend == "kubernetes":
+        raise CliError("--json shows the docker settings; --backend kubernetes prints YAML")
     try:
         ex = explain_task(
             task_file, repo, base, policy_name, settings.runs_dir / "<run-id>" / "stage"
         )
-    except TaskboxError as exc:
+        if backend == "kubernetes":
+            _print_kubernetes(ex, settings)
+    except (TaskboxError, ValueError) as exc:
+        # ValueError: a setting or the plan that no Kubernetes manifest can express.
         raise CliError(str(exc)) from exc
-    if as_json:
+    if backend == "kubernetes":
+        # The YAML stays one parseable stream; what makes the plan invalid goes to stderr.
+        for reason in ex.plan.invalid_reasons:
+            echo_safe(f"invalid: owned path refused: {reason}", err=True)
+    elif as_json:
         click.echo(json.dumps(ex.as_json(), indent=2))
     else:
         _print_explanation(ex)

@@ -178,6 +178,12 @@ class Policy(_PolicyModel):
     """What the controller accepts back."""
     verification: Verification = Field(default_factory=Verification)
     """Thresholds of the in-sandbox checks."""
+    runtime_class: (
+        Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")] | None
+    ) = None
+    """The Kubernetes RuntimeClass of the sandbox's Pod, e.g. ``gvisor`` or ``kata`` (a DNS-1123
+    name); None runs the cluster's default runtime. Kubernetes preflight refuses a class the
+    cluster does not have. The Docker backend runs the engine's default runtime whatever this says."""
 
     @field_validator("deny")
     @classmethod
@@ -202,7 +208,11 @@ class Policy(_PolicyModel):
 
     def digest(self) -> str:
         """sha256 over the canonical JSON of the effective policy; recorded with every run."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # A field added with a None default is left out while it is None, so the digest of a
+        # policy that does not use it stays what earlier runs recorded.
+        unset = {"runtime_class"} if self.runtime_class is None else set()
+        body = self.model_dump(mode="json", exclude=unset)
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 

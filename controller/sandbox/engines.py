@@ -74,7 +74,65 @@ def open_engine(settings: Settings) -> Engine:
             facts=facts,
             close=client.close,
         )
+    if settings.sandbox_backend == "kubernetes":
+        return _open_kubernetes(settings)
     raise SandboxError(f"unknown sandbox backend {settings.sandbox_backend!r}")
+
+
+def _open_kubernetes(settings: Settings) -> Engine:
+    """The cluster the ``TASKBOX_KUBERNETES_*`` settings name; the exchange is served from the first Pod on."""
+    # Imported here: only a controller that runs Pods needs lightkube.
+    from controller.sandbox.kubernetes import preflight  # noqa: PLC0415
+    from controller.sandbox.kubernetes.backend import (  # noqa: PLC0415
+        KubernetesBackend,
+        KubernetesImages,
+    )
+    from controller.sandbox.kubernetes.client import (  # noqa: PLC0415
+        kube_client,
+        kube_config,
+        raw_client,
+        target_from_settings,
+    )
+    from controller.sandbox.kubernetes.exchange import Exchange, ExchangeServer  # noqa: PLC0415
+
+    target = target_from_settings(settings)
+    config = kube_config(settings)
+    client = kube_client(config, target.namespace)
+    http = raw_client(config)
+    exchange = Exchange()
+    server = ExchangeServer(
+        exchange, settings.kubernetes_exchange_host, settings.kubernetes_exchange_port
+    )
+    backend = KubernetesBackend(
+        client,
+        target,
+        exchange,
+        log_http=http,
+        exchange_server=server,
+        runtime_class=settings.kubernetes_runtime_class,
+        out_cap=settings.kubernetes_exchange_max_out_bytes,
+    )
+
+    def facts() -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        found = preflight.cluster_facts(
+            client, http, target.namespace, settings.kubernetes_runtime_class
+        )
+        return found, {}
+
+    def close() -> None:
+        server.stop()
+        exchange.close()
+        client.close()
+        http.close()
+
+    return Engine(
+        name="kubernetes",
+        backend=backend,
+        images=KubernetesImages(settings.image, settings.kubernetes_image or settings.image),
+        ping=lambda: preflight.ping(http),
+        facts=facts,
+        close=close,
+    )
 
 
 @dataclass(frozen=True)
@@ -101,6 +159,11 @@ def engine_host_checks(
             docker_host=settings.docker_host,
         )
         return EngineHostChecks(checks=checks, socket_path=socket_path)
+    if settings.sandbox_backend == "kubernetes":
+        from controller.sandbox.kubernetes import preflight as kube  # noqa: PLC0415
+
+        # No engine socket on this host: a Pod has no host mount at all.
+        return EngineHostChecks(checks=kube.cluster_checks(info), socket_path=None)
     raise SandboxError(f"unknown sandbox backend {settings.sandbox_backend!r}")
 
 
