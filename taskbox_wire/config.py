@@ -7,10 +7,11 @@ pydantic and the shared contract so it works inside the sandbox image.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
 
 from taskbox_wire.contract import Task
 from taskbox_wire.paths import BASE_DIR, F2P_DIR, GATEWAY_DIR, OUTDIR, WORKDIR
@@ -54,10 +55,30 @@ class RunConfig(BaseModel):
     coverage_threshold: float = 80.0
     budget: RunBudget
     gateway_socket: Path = Path(GATEWAY_DIR) / "gateway.sock"
+    gateway_url: str | None = None
+    """``http://host:port`` of the gateway when it is reached over TCP (a Kubernetes Pod);
+    the socket is used when this is unset."""
     gateway_token: SecretStr
     """Per-run token for the gateway; it is not the model API key and dies with the run."""
     workdir: Path = Path(WORKDIR)
     outdir: Path = Path(OUTDIR)
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _plain_http_origin(cls, value: str | None) -> str | None:
+        """Only ``http://host[:port]``: no userinfo (a credential), path, query or fragment."""
+        if value is None:
+            return None
+        parts = urllib.parse.urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError("gateway_url has a bad port") from exc
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("gateway_url must be http://host[:port]")
+        if "@" in parts.netloc or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("gateway_url must be http://host[:port] with nothing else")
+        return value.rstrip("/")
 
     def dump_for_sandbox(self) -> str:
         """JSON for ``/taskbox/run.json``, with the gateway token revealed (and only there)."""

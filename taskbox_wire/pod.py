@@ -39,6 +39,10 @@ ENV_EXCHANGE_URL = "TASKBOX_EXCHANGE_URL"
 ENV_EXCHANGE_TOKEN = "TASKBOX_EXCHANGE_TOKEN"  # noqa: S105 - the variable's name, not a secret
 """The init container's environment: the single-use token that fetches ``in.tar``.
 The token for ``out.tar`` is a different one, inside the staged tree (``EXCHANGE_CONFIG``)."""
+ENV_RLIMITS = "TASKBOX_RLIMITS"
+"""The main container's environment: the resource limits (Docker's ulimit names, JSON) the
+in-pod helper sets on the command, since a Pod has no field for them; the helper removes
+the variable from the command's environment."""
 EXCHANGE_CONFIG = f"{TASKBOX_DIR}/exchange.json"
 """The main container's read-only note of where and with which token ``out.tar`` goes:
 ``{"url": ..., "token": ...}``."""

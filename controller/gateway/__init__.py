@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from controller.gateway.app import ModelGateway
 from controller.gateway.metering import GatewayUsage
-from controller.gateway.serve import GatewayThread, serve_gateway
+from controller.gateway.serve import GatewayThread, bind_tcp, serve_gateway
 from controller.gateway.transcript import TranscriptEntry, read_transcript, transcript_path
 from controller.gateway.upstreams import (
     AnthropicUpstream,
@@ -60,6 +60,7 @@ __all__ = [
     "ScriptedUpstream",
     "TranscriptEntry",
     "Upstream",
+    "bind_tcp",
     "make_upstream",
     "read_transcript",
     "serve_gateway",

@@ -1,9 +1,16 @@
-"""Serving the gateway on a run's Unix socket: in the caller's event loop, or in a thread of its own.
+"""Serving the gateway on a run's Unix socket (and TCP port): in the caller's event loop, or a thread.
 
 The socket file is made mode 0o666 after bind: the sandbox's uid must be able
 to connect, and the per-run token, not the file mode, is what authenticates.
 Only the run's folder holds the socket, and the folder is mounted into one
 sandbox only.
+
+A sandbox that cannot mount the socket (a Kubernetes Pod) reaches the same
+server on a TCP listener the caller binds with :func:`bind_tcp` and hands over:
+one server, one app and one connection guard for both, so the caps below count
+connections on either. On TCP the per-run token is the only authentication
+(each run's NetworkPolicy lets its Pod reach this run's port only), and proxy
+headers are never trusted: a client cannot claim another address or scheme.
 
 The HTTP protocol is uvicorn's h11 one with the run's connection bounds
 (invariant 12): at most ``model.max_connections`` open connections (one more
@@ -216,19 +223,51 @@ def _bind(socket_path: Path) -> socket.socket:
     return sock
 
 
-def _release(sock: socket.socket, socket_path: Path) -> None:
+def bind_tcp(host: str, port: int = 0) -> socket.socket:
+    """A listening TCP socket at ``host:port`` for one run's gateway (port 0: a free one).
+
+    Read the bound port with ``getsockname()``, then hand the socket to
+    :func:`serve_gateway` or :class:`GatewayThread`, which close it when they stop.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise GatewayError(f"cannot resolve the gateway's TCP host {host!r}: {exc}") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen()
+    except OSError as exc:
+        sock.close()
+        raise GatewayError(f"cannot bind the gateway to {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+def _release(sock: socket.socket, socket_path: Path, tcp: socket.socket | None) -> None:
     sock.close()
     socket_path.unlink(missing_ok=True)
+    if tcp is not None:
+        tcp.close()
 
 
 @contextlib.asynccontextmanager
-async def serve_gateway(gateway: ModelGateway, socket_path: Path) -> AsyncIterator[Path]:
-    """Serve ``gateway`` on ``socket_path`` in the running event loop until the block ends.
+async def serve_gateway(
+    gateway: ModelGateway, socket_path: Path, *, tcp: socket.socket | None = None
+) -> AsyncIterator[Path]:
+    """Serve ``gateway`` on ``socket_path`` (and ``tcp``) in the running event loop until the block ends.
 
     On exit the server stops (open streams get a few seconds), the socket file
-    is removed and the gateway's upstream is closed; ``gateway.usage`` stays readable.
+    is removed, ``tcp`` is closed and the gateway's upstream is closed;
+    ``gateway.usage`` stays readable.
     """
-    sock = _bind(socket_path)
+    try:
+        sock = _bind(socket_path)
+    except GatewayError:
+        if tcp is not None:
+            tcp.close()
+        raise
     budget = gateway.budget
     guard = ConnectionGuard(budget.max_connections, budget.idle_timeout_seconds, gateway.log_bucket)
     gateway.connections = guard
@@ -240,24 +279,27 @@ async def serve_gateway(gateway: ModelGateway, socket_path: Path) -> AsyncIterat
         lifespan="off",
         log_config=None,  # the controller owns logging; uvicorn must not reconfigure it
         access_log=False,
+        proxy_headers=False,  # no proxy stands before the gateway: X-Forwarded-* are the client's words
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     server = _EmbeddedServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"gateway {socket_path}")
+    sockets = [sock] if tcp is None else [sock, tcp]
+    where = str(socket_path) if tcp is None else f"{socket_path} and {_tcp_name(tcp)}"
+    task = asyncio.create_task(server.serve(sockets=sockets), name=f"gateway {socket_path}")
     try:
         while not server.started:
             if task.done():
                 task.result()  # raises what stopped the server
                 raise GatewayError(f"the gateway on {socket_path} stopped while starting")
             await asyncio.sleep(0.01)
-        logger.info("model gateway (%s) listening on %s", gateway.upstream.name, socket_path)
+        logger.info("model gateway (%s) listening on %s", gateway.upstream.name, where)
         yield socket_path
     finally:
         server.should_exit = True
         try:
             await task
         finally:
-            _release(sock, socket_path)
+            _release(sock, socket_path, tcp)
             await gateway.aclose()
             gateway.log_bucket.drain()
             logger.info(
@@ -271,15 +313,24 @@ async def serve_gateway(gateway: ModelGateway, socket_path: Path) -> AsyncIterat
             )
 
 
+def _tcp_name(tcp: socket.socket) -> str:
+    host, port = tcp.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class GatewayThread:
     """``serve_gateway`` in a thread with its own event loop, for synchronous callers (the CLI).
 
-    Use as a context manager, or call ``start()`` and ``stop()``.
+    Use as a context manager, or call ``start()`` and ``stop()``. With ``tcp`` (from
+    :func:`bind_tcp`) the gateway answers there as well, and closes it when it stops.
     """
 
-    def __init__(self, gateway: ModelGateway, socket_path: Path) -> None:
+    def __init__(
+        self, gateway: ModelGateway, socket_path: Path, *, tcp: socket.socket | None = None
+    ) -> None:
         self.gateway = gateway
         self.socket_path = socket_path
+        self.tcp = tcp
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -336,7 +387,7 @@ class GatewayThread:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with serve_gateway(self.gateway, self.socket_path):
+        async with serve_gateway(self.gateway, self.socket_path, tcp=self.tcp):
             self._ready.set()
             await self._stop.wait()
 

@@ -437,6 +437,7 @@ def test_preload_imports_the_sdk_on_a_thread_and_make_client_joins_it(tmp_path: 
         "class Config:\n"
         f"    gateway_socket = {str(tmp_path / 'gw.sock')!r}\n"
         "    gateway_token = SecretStr('t')\n"
+        "    gateway_url = None\n"
         "client = make_client(Config())\n"
         "print(type(client).__name__, importer)\n"
     )

@@ -32,6 +32,7 @@ from taskbox_wire.paths import GATEWAY_DIR
 from taskbox_wire.pod import (
     ENV_EXCHANGE_TOKEN,
     ENV_EXCHANGE_URL,
+    ENV_RLIMITS,
     EXCHANGE_IN,
     INIT_CONTAINER,
     MAIN_CONTAINER,
@@ -85,7 +86,6 @@ SPEC_FIELDS: dict[str, str] = {
     "controller enforces the exact deadline itself",
 }
 
-ENV_RLIMITS = "TASKBOX_RLIMITS"
 """The main container's resource limits as JSON, ``{"nofile": [soft, hard], ...}``: Kubernetes
 has no ulimit field, so the in-pod helper sets them (hard, so the command cannot raise them)
 before it starts the command."""

@@ -59,7 +59,10 @@ Msg = dict[str, Any]
 
 
 def make_client(config: RunConfig) -> anthropic.Anthropic:
-    """The SDK client, speaking to the gateway over its Unix socket with the per-run token.
+    """The SDK client, speaking to the gateway with the per-run token.
+
+    Over TCP at ``gateway_url`` when the run has one (a Kubernetes Pod), else over the
+    gateway's Unix socket.
 
     The SDK is imported here, not at the top: its import (1-2 s) runs on a background
     thread while the run sets up (:mod:`taskbox_runner.model_sdk`), and this joins it.
@@ -68,10 +71,16 @@ def make_client(config: RunConfig) -> anthropic.Anthropic:
     import anthropic  # noqa: PLC0415 - see the docstring
     import httpx2  # noqa: PLC0415 - loaded by the SDK's import already
 
-    transport = httpx2.HTTPTransport(uds=str(config.gateway_socket))
+    # getattr: a stand-in config of an older shape (one test's) has no gateway_url.
+    gateway_url = config.gateway_url
+    # An explicit transport also keeps proxy variables of the environment out of the way.
+    if gateway_url is not None:
+        transport = httpx2.HTTPTransport()
+    else:
+        transport = httpx2.HTTPTransport(uds=str(config.gateway_socket))
     return anthropic.Anthropic(
         api_key=config.gateway_token.get_secret_value(),
-        base_url=GATEWAY_BASE_URL,
+        base_url=gateway_url or GATEWAY_BASE_URL,
         http_client=anthropic.DefaultHttpxClient(transport=transport),
         max_retries=SDK_MAX_RETRIES,
     )

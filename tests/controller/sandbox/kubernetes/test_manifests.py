@@ -50,6 +50,7 @@ from taskbox_wire.paths import BASE_DIR, F2P_DIR, GATEWAY_DIR, judge_command
 from taskbox_wire.pod import (
     ENV_EXCHANGE_TOKEN,
     ENV_EXCHANGE_URL,
+    ENV_RLIMITS,
     INIT_CONTAINER,
     MAIN_CONTAINER,
     STAGE_IN_COMMAND,
@@ -308,8 +309,8 @@ def test_commands_and_environment() -> None:
     assert ENV_EXCHANGE_TOKEN not in main_env
     assert ENV_EXCHANGE_URL not in main_env
     assert EXCHANGE_TOKEN not in json.dumps(main)
-    assert {k: v for k, v in main_env.items() if k != m.ENV_RLIMITS} == spec.environment
-    assert json.loads(main_env[m.ENV_RLIMITS]) == {
+    assert {k: v for k, v in main_env.items() if k != ENV_RLIMITS} == spec.environment
+    assert json.loads(main_env[ENV_RLIMITS]) == {
         "nofile": [512, 512],
         "fsize": [32 * MIB, 32 * MIB],
         "core": [0, 0],
@@ -334,7 +335,7 @@ def test_without_user_namespaces_there_is_no_host_users_field_and_no_nproc() -> 
     pod = pod_for(spec_for(unit_policy(), PHASE_AGENT), KubernetesTarget(user_namespaces=False))
     assert "hostUsers" not in pod["spec"]
     env = {e["name"]: e["value"] for e in container(pod, MAIN_CONTAINER)["env"]}
-    assert "nproc" not in json.loads(env[m.ENV_RLIMITS])
+    assert "nproc" not in json.loads(env[ENV_RLIMITS])
 
 
 def test_no_runtime_class_leaves_the_cluster_default() -> None:

@@ -38,7 +38,6 @@ from controller.admission import admit
 from controller.image import SANDBOX_IMAGE
 from controller.sandbox.kubernetes.backend import pack_stage
 from controller.sandbox.kubernetes.manifests import (
-    ENV_RLIMITS,
     build_network_policy,
     build_pod,
     rlimits,
@@ -50,6 +49,7 @@ from controller.settings import PROJECT_ROOT
 from controller.staging import remove_staging, stage_run
 from taskbox_wire.paths import OUTDIR, RUNNER_COMMAND, TASKBOX_DIR, WORKDIR
 from taskbox_wire.pod import (
+    ENV_RLIMITS,
     EXCHANGE_CONFIG,
     INIT_CONTAINER,
     MAIN_CONTAINER,
