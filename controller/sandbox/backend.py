@@ -58,6 +58,34 @@ MANDATORY_SETTINGS: frozenset[str] = frozenset(
     }
 )
 
+#: A setting a backend may declare in place of a mandatory one that its engine cannot
+#: express, each narrower in one stated way (SECURITY.md, "Kubernetes"). Docker declares
+#: the mandatory ones themselves; only a backend without them (Kubernetes) uses these.
+NETWORK_GATEWAY_ONLY = "network_gateway_only"
+"""No ingress, no DNS, egress only to the controller's gateway (agent) and file exchange
+ports, by a NetworkPolicy per sandbox: a Pod cannot be without a network and still
+fetch its files or reach the gateway."""
+TMPFS_SIZE = "tmpfs_size"
+"""Each tmpfs is memory-backed with its size; not noexec (an emptyDir has no mount options;
+nosuid and nodev are moot under no-new-privileges and no CAP_MKNOD)."""
+PIDS_RLIMIT = "pids_rlimit"
+"""RLIMIT_NPROC at the pids limit, set on the command by the in-pod helper, in the sandbox's
+own user namespace (where its uid is shared with no other sandbox)."""
+MANDATORY_ALTERNATIVES: dict[str, frozenset[str]] = {
+    "network_disabled": frozenset({NETWORK_GATEWAY_ONLY}),
+    "tmpfs": frozenset({TMPFS_SIZE}),
+    "pids_limit": frozenset({PIDS_RLIMIT}),
+}
+
+
+def missing_mandatory(enforces: frozenset[str]) -> frozenset[str]:
+    """The mandatory settings ``enforces`` neither declares nor meets with an accepted alternative."""
+    return frozenset(
+        setting
+        for setting in MANDATORY_SETTINGS - enforces
+        if not MANDATORY_ALTERNATIVES.get(setting, frozenset()) & enforces
+    )
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -22,7 +22,7 @@ from controller.preflight import (
     run_preflight,
     sandbox_checks,
 )
-from controller.sandbox.backend import MANDATORY_SETTINGS
+from controller.sandbox.backend import MANDATORY_ALTERNATIVES, MANDATORY_SETTINGS
 from controller.sandbox.docker import DockerBackend, preflight
 from controller.sandbox.docker.preflight import (
     check_engine_address,
@@ -475,3 +475,18 @@ def test_preflight_against_the_real_engine(tmp_path: Path) -> None:
     assert report.engine_version
     assert list((tmp_path / "runs").iterdir()) == []  # the probe's staging is gone
     assert preflight.RUNC_LEAKY_VESSELS_CVE == "CVE-2024-21626"
+
+
+@pytest.mark.parametrize(
+    ("mandatory", "alternative"),
+    [(m, a) for m, alternatives in sorted(MANDATORY_ALTERNATIVES.items()) for a in sorted(alternatives)],
+)
+def test_a_narrower_alternative_is_accepted_and_named(mandatory: str, alternative: str) -> None:
+    """A backend may meet a mandatory setting with its declared narrower form; preflight says which, and nothing else stands in."""
+    check = check_backend_settings(Declares(DockerBackend.enforces - {mandatory} | {alternative}))
+    assert check.level is Level.OK
+    assert f"{alternative} for {mandatory}" in check.summary
+    other = next(m for m in sorted(MANDATORY_SETTINGS) if m not in MANDATORY_ALTERNATIVES)
+    refused = check_backend_settings(Declares(DockerBackend.enforces - {other} | {alternative}))
+    assert refused.level is Level.REFUSE
+    assert other in refused.summary

@@ -600,19 +600,20 @@ LIMITS = """
 import json, os, resource, sys
 names = {"nofile": resource.RLIMIT_NOFILE, "fsize": resource.RLIMIT_FSIZE, "core": resource.RLIMIT_CORE}
 got = {name: list(resource.getrlimit(limit)) for name, limit in names.items()}
+got["handed_on"] = [name for name in os.environ if name == "TASKBOX_RLIMITS"]
 open(os.path.join(sys.argv[1], "limits.json"), "w").write(json.dumps(got))
 """
 
 
 @needs_namespaces
 def test_run_sets_the_limits_the_pod_spec_has_no_field_for(pod: Pod, exchange: Exchange) -> None:
-    """TASKBOX_RLIMITS (the manifests' ulimits) hold in the command before it starts."""
+    """TASKBOX_RLIMITS (the manifests' ulimits) hold in the command before it starts, and are not in its environment."""
     wanted = {"nofile": [64, 128], "fsize": [1_000_000, 1_000_000], "core": [0, 0]}
 
     done = pod.run(_py(LIMITS, str(pod.out)), env={ENV_RLIMITS: json.dumps(wanted)})
 
     assert done.returncode == 0, done.stderr
-    assert json.loads(exchange.out_file("limits.json")) == wanted
+    assert json.loads(exchange.out_file("limits.json")) == {**wanted, "handed_on": []}
 
 
 @needs_namespaces

@@ -36,6 +36,9 @@ from controller.errors import ImageNotFoundError, SandboxError
 from controller.sandbox.backend import (
     EXIT_SIGKILL,
     LOG_TAIL_BYTES,
+    NETWORK_GATEWAY_ONLY,
+    PIDS_RLIMIT,
+    TMPFS_SIZE,
     CollectedOutput,
     OrphanContainer,
     SandboxHandle,
@@ -78,11 +81,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Settings this backend declares in place of a mandatory one it cannot claim (see ``enforces``):
-#: egress only to the controller's gateway and exchange, no ingress (not ``network_disabled``),
-NETWORK_GATEWAY_ONLY = "network_gateway_only"
-#: and each tmpfs's size (not ``tmpfs``: no noexec/nosuid/nodev, not owned by the sandbox user).
-TMPFS_SIZE = "tmpfs_size"
 #: What ``inspect`` shows in place of the exchange token.
 REDACTED = "<redacted>"
 #: How often the Pod's status is read while its command runs (the log stream's end wakes it sooner).
@@ -505,15 +503,12 @@ class KubernetesBackend:
     """Runs sandboxes as Pods in one namespace; see :class:`SandboxBackend` for the contract."""
 
     #: What a Pod of ``manifests.build_pod`` really gets, applied by the API server, the kubelet,
-    #: the runtime, the in-pod helper (PID 1: ``init``) or this backend (log cap, deadline).
-    #: Not claimed, so preflight refuses this backend until they are settled (see docs):
-    #: ``network_disabled`` (the agent's Pod reaches the gateway and every Pod the exchange:
-    #: ``network_gateway_only``, a NetworkPolicy denying all ingress and all egress but those,
-    #: is what it has); ``tmpfs`` (a memory emptyDir has the size, ``tmpfs_size``, but neither
-    #: noexec/nosuid/nodev nor the sandbox user as owner); ``pids_limit`` (no Pod field: the
-    #: kubelet's podPidsLimit); ``ulimits`` (no Pod field: the in-pod helper would set them
-    #: from TASKBOX_RLIMITS, which it does not yet).
-    enforces: frozenset[str] = frozenset(
+    #: the runtime, the in-pod helper (PID 1: ``init``; ``ulimits`` from TASKBOX_RLIMITS) or this
+    #: backend (log cap, deadline). Three mandatory settings a Pod cannot have are met in a
+    #: narrower form (controller/sandbox/backend.py MANDATORY_ALTERNATIVES): the network
+    #: (``network_gateway_only``), the tmpfs mounts (``tmpfs_size``) and, only with user
+    #: namespaces, the pids limit (``pids_rlimit``; see :attr:`enforces`).
+    BASE_ENFORCES: frozenset[str] = frozenset(
         {
             "user",
             "environment",
@@ -527,6 +522,7 @@ class KubernetesBackend:
             "memory_bytes",
             "memory_swap_bytes",
             "nano_cpus",
+            "ulimits",
             "log_max_bytes",
             "wall_clock_seconds",
             "working_dir",
@@ -561,6 +557,18 @@ class KubernetesBackend:
         self._delete_wait = delete_wait_seconds
         self._sandboxes: dict[str, _Sandbox] = {}
         self._lock = threading.Lock()
+
+    @property
+    def enforces(self) -> frozenset[str]:
+        """:attr:`BASE_ENFORCES`, and ``pids_rlimit`` when the Pods get their own user namespace.
+
+        RLIMIT_NPROC counts a uid's processes; every sandbox runs as uid 10001, so only in
+        a Pod's own user namespace is that count the sandbox's alone. Without user
+        namespaces the pids limit is not claimed, and preflight refuses the backend.
+        """
+        if self._target.user_namespaces:
+            return self.BASE_ENFORCES | {PIDS_RLIMIT}
+        return self.BASE_ENFORCES
 
     @property
     def namespace(self) -> str:

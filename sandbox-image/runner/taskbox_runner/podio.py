@@ -72,8 +72,6 @@ HTTP_TIMEOUT_SECONDS = 120.0
 #: Seconds the killed processes get to be gone before the helper gives up without uploading.
 REAP_SECONDS = 20.0
 CHUNK = 1 << 16
-"""The main container's environment: ``{"nofile": [soft, hard], ...}``, the limits a Pod spec
-has no field for; ``run`` sets them before the command starts (the manifests' contract)."""
 #: The limits ``TASKBOX_RLIMITS`` may name (Docker's ulimit names).
 RLIMITS: dict[str, int] = {
     "core": resource.RLIMIT_CORE,
@@ -288,9 +286,11 @@ def run_child(command: Sequence[str], limits: dict[int, tuple[int, int]] | None 
         for which, pair in (limits or {}).items():
             resource.setrlimit(which, pair)
 
+    # The command gets the spec's environment: the limits are set, not handed on.
+    environment = {name: value for name, value in os.environ.items() if name != ENV_RLIMITS}
     try:
         # preexec_fn is safe here: the helper has no other thread.
-        child = subprocess.Popen(command, preexec_fn=limit)  # noqa: PLW1509
+        child = subprocess.Popen(command, env=environment, preexec_fn=limit)  # noqa: PLW1509
     except (OSError, subprocess.SubprocessError) as exc:
         raise PodIOError(f"cannot start {command[0]!r}: {type(exc).__name__}") from exc
 

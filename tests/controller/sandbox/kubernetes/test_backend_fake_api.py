@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from controller.errors import ImageNotFoundError, SandboxError
+from controller.hostcheck import Level
+from controller.preflight import check_backend_settings
 from controller.sandbox import conformance
-from controller.sandbox.backend import EXIT_SIGKILL, MANDATORY_SETTINGS
+from controller.sandbox.backend import EXIT_SIGKILL, MANDATORY_SETTINGS, missing_mandatory
 from controller.sandbox.conformance import OUTPUT_ACCEPTED, SCENARIO_LABEL, Scene
 from controller.sandbox.engines import open_engine
 from controller.sandbox.kubernetes.backend import (
@@ -660,12 +662,30 @@ def test_conformance_non_probe(rig: Rig, scene: Scene, name: str) -> None:
     assert rig.cluster.objects == {PODS: {}, POLICIES: {}}
 
 
-def test_enforces_is_honest() -> None:
-    """The backend claims neither no-network nor tmpfs nor pids nor ulimits, and says what it has instead."""
-    declared = KubernetesBackend.enforces
-    assert {"network_disabled", "tmpfs", "pids_limit", "ulimits"}.isdisjoint(declared)
-    assert {"network_gateway_only", "tmpfs_size"} <= declared
-    assert MANDATORY_SETTINGS - declared == {"network_disabled", "tmpfs", "pids_limit", "ulimits"}
+def test_enforces_is_honest(rig: Rig) -> None:
+    """The backend claims neither no-network nor tmpfs nor pids, and declares the narrower forms it has instead."""
+    declared = rig.backend.enforces
+    assert MANDATORY_SETTINGS - declared == {"network_disabled", "tmpfs", "pids_limit"}
+    assert {"network_gateway_only", "tmpfs_size", "pids_rlimit", "ulimits"} <= declared
+    assert missing_mandatory(declared) == frozenset()
+
+
+def test_without_user_namespaces_the_pids_limit_is_not_claimed(rig: Rig) -> None:
+    """RLIMIT_NPROC is a per-sandbox cap only in the Pod's own user namespace: without one, preflight refuses the backend."""
+    shared_uids = KubernetesBackend(
+        rig.backend._client,
+        rig.backend._target.model_copy(update={"user_namespaces": False}),
+        rig.exchange,
+        log_http=rig.backend._http,
+    )
+    assert "pids_rlimit" not in shared_uids.enforces
+    assert missing_mandatory(shared_uids.enforces) == {"pids_limit"}
+    check = check_backend_settings(shared_uids)
+    assert check.level is Level.REFUSE
+    assert "pids_limit" in check.summary
+    accepted = check_backend_settings(rig.backend)
+    assert accepted.level is Level.OK
+    assert "network_gateway_only for network_disabled" in accepted.summary
 
 
 # --------------------------------------------------------------------------- open_engine
