@@ -1,21 +1,34 @@
-"""B5's executor for ``taskbox serve`` while ``controller.runs`` has no ``make_executor`` yet.
+"""The executor ``taskbox serve`` runs B3's tasks with: the real TaskRunner, with the bench's labels.
 
-It is the real one: a :class:`TaskRunner` on the Docker engine. B5 only reads
-(``/healthz``, ``/v1/tasks``), so no task runs during the measurement.
+Set ``TASKBOX_EXECUTOR_MODULE=bench.api_executor``. It is ``controller.runs``'
+executor (a :class:`TaskRunner` on the Docker engine, the model the settings
+name) but on :class:`BenchBackend`, so every container carries
+``org.taskbox.bench=1`` and the controller id ``bench``: the bench samples their
+memory and its cleanup finds them, whatever happens to the server.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from controller.runs import TaskRunner
-from controller.sandbox.docker import DockerBackend, DockerImages
+from bench.harness import CONTROLLER_ID, BenchBackend
+from controller.runs import TaskRunner, make_readiness_probes
+from controller.sandbox.docker import DockerImages, docker_client
 
 if TYPE_CHECKING:
     from controller.settings import Settings
 
+#: ``/readyz`` checks are the controller's own (the engine answers, the image is built).
+__all__ = ["make_executor", "make_readiness_probes"]
+
 
 def make_executor(settings: Settings) -> TaskRunner:
-    """A TaskRunner over the engine the settings name."""
-    backend = DockerBackend.from_settings(settings)
-    return TaskRunner(settings, backend, DockerImages(backend.client), controller_id="bench")
+    """A TaskRunner over the engine the settings name, its containers labelled as the bench's."""
+    client = docker_client(settings)
+    return TaskRunner(
+        settings,
+        BenchBackend(client),
+        DockerImages(client),
+        model=settings.model_upstream,
+        controller_id=CONTROLLER_ID,
+    )
