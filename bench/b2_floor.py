@@ -2,9 +2,10 @@
 
 Each repetition is one fresh host process (the project's venv, the sandbox's
 environment variables) that imports the verifier and times, in turn, what the
-agent's last verification runs (``verify``), what the judge's static phase runs
-(``verify_static``) and what its test phase runs (``verify`` and the
-fail-to-pass run of the new test on the base). With one hardened container
+agent's last verification runs (``verify``) and what the judge's one container
+runs: its static checks (``static_checks`` + ``static_report``), then its
+dynamic checks with fail-to-pass alongside (``taskbox_runner.judge.run_dynamic``,
+two pytest processes at once, as in the sandbox). With one hardened container
 cycle per phase, that is the floor the whole task is compared with.
 """
 
@@ -34,36 +35,40 @@ RESULT_PREFIX = "BENCH-FLOOR "
 FLOOR_SCRIPT = """
 import json, pathlib, sys, time
 t0 = time.perf_counter()
-from taskbox_runner.verify import VerifyContext, check_fail_to_pass, index_tests, verify, verify_static
+from taskbox_runner.judge import run_dynamic
+from taskbox_runner.verify import VerifyContext, index_tests, static_checks, static_report, verify
+from taskbox_wire.config import JudgeConfig
 t1 = time.perf_counter()
 base, work, f2p, scratch = (pathlib.Path(a) for a in sys.argv[1:5])
 owns, changed, test_files = (json.loads(a) for a in sys.argv[5:8])
 def context(name):
     return VerifyContext(
         workdir=work, owns_paths=owns, openapi_path=None, base_config_dir=base,
-        scratch_dir=scratch / name, changed_files=changed, base_tests=index_tests(base),
+        scratch_dir=scratch / name / "verify", changed_files=changed, base_tests=index_tests(base),
     )
 times = {"import_s": t1 - t0}
 t = time.perf_counter(); agent = verify(context("agent")); times["agent_verify_s"] = time.perf_counter() - t
-t = time.perf_counter(); static = verify_static(context("static")); times["judge_static_s"] = time.perf_counter() - t
-ctx = context("tests")
-t = time.perf_counter(); tests = verify(ctx); times["judge_tests_verify_s"] = time.perf_counter() - t
-t = time.perf_counter(); f2p_check = check_fail_to_pass(ctx, base_workdir=f2p, test_files=test_files)
-times["judge_tests_f2p_s"] = time.perf_counter() - t
-times["passed"] = [agent.passed, static.passed, tests.passed, f2p_check.passed]
+ctx = context("judge")
+t = time.perf_counter(); static = static_checks(ctx); sealed = static_report(ctx, static)
+times["judge_static_s"] = time.perf_counter() - t
+config = JudgeConfig(
+    run_id="bench", owns_paths=owns, changed_files=changed, test_files=test_files,
+    test_timeout_seconds=600, workdir=work, base_dir=base, fail_to_pass_dir=f2p, outdir=scratch,
+)
+t = time.perf_counter(); tests = run_dynamic(ctx, config, static)
+times["judge_tests_s"] = time.perf_counter() - t
+times["passed"] = [agent.passed, sealed.passed, tests.passed]
 print("BENCH-FLOOR " + json.dumps(times), flush=True)
 """
 
 AGENT_VERIFY = "agent's verification: verify()"
-JUDGE_STATIC = "judge static: verify_static()"
-JUDGE_TESTS_VERIFY = "judge tests: verify()"
-JUDGE_TESTS_F2P = "judge tests: fail-to-pass on the base"
-IMPORT = "import taskbox_runner.verify (once per phase)"
+JUDGE_STATIC = "judge: static checks (static_checks + static_report)"
+JUDGE_TESTS = "judge: dynamic checks + fail-to-pass at once (run_dynamic)"
+IMPORT = "import the verifier (once per phase)"
 FLOOR_SERIES = {
     AGENT_VERIFY: "agent_verify_s",
     JUDGE_STATIC: "judge_static_s",
-    JUDGE_TESTS_VERIFY: "judge_tests_verify_s",
-    JUDGE_TESTS_F2P: "judge_tests_f2p_s",
+    JUDGE_TESTS: "judge_tests_s",
     IMPORT: "import_s",
 }
 

@@ -3,7 +3,8 @@
 A trivial task on the example project (the scripted model creates a small
 module and its test, then ends its turn) runs through ``TaskRunner.execute``
 with the real engine, gateway, runner, verification, ingestion and the judge's
-two containers. Each stage's time comes from the run's events, the backend's
+container (static checks sealed on its output, then the tests with fail-to-pass
+alongside). Each stage's time comes from the run's events, the backend's
 calls and the containers' log lines, stamped as they arrive. The judge's cost is
 a ratio per task to the agent's last verification of the same tree; the whole
 task is compared with its floor (:mod:`bench.b2_floor`). With
@@ -34,6 +35,7 @@ from bench.harness import (
     Marks,
     Stats,
     Table,
+    _MarkingLog,
     expect,
     fmt_ms,
     iter_with_budget,
@@ -44,18 +46,22 @@ from bench.specs import HardenedSpecs
 from controller.image import SANDBOX_IMAGE
 from controller.runs import TaskRunner, new_run_id
 from controller.sandbox.docker import DockerImages
+from controller.sandbox.spec import PHASE_AGENT, PHASE_JUDGE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+    from typing import Any
 
     import docker
 
     from controller.events import RunEvent
+    from controller.sandbox.backend import SandboxHandle, SandboxOutcome
 
 log = logging.getLogger("bench.b2")
 
 #: Log lines (substring -> mark): the inside's timeline whatever the image's version. The backend
-#: records each also with its container's phase (``agent/...``, ``judge-tests/...``).
+#: records each also with its container's phase (``agent/...``, ``judge/...``).
 LOG_MARKS = {
     "taskbox_runner: run ": "runner:started",
     "model SDK ready": "runner:sdk-ready",
@@ -63,13 +69,14 @@ LOG_MARKS = {
     "verifying /work": "runner:verify-begin",
     "taskbox_runner.loop: checks ": "runner:verify-end",
     "wrote /out/result.json": "runner:result",
+    "static checks sealed": "judge:sealed",
     " phase: ": "judge:done",
 }
 
 #: The runner's line when it joins the SDK's import (taskbox_runner.model_sdk).
 SDK_WAIT = re.compile(r"model SDK ready \(waited (\d+) ms")
 
-AGENT, STATIC, TESTS = "agent/", "judge-static/", "judge-tests/"
+AGENT, JUDGE = "agent/", "judge/"
 
 #: (stage, from mark, to mark); consecutive, so together they cover the whole execute call.
 STAGES: list[tuple[str, str, str]] = [
@@ -101,13 +108,25 @@ STAGES: list[tuple[str, str, str]] = [
     ("agent: runner exit → engine reports the exit", AGENT + "runner:result", AGENT + "wait:end"),
     ("agent: collect + remove", AGENT + "wait:end", AGENT + "remove:end"),
     ("gateway stop + ingestion + judge staging", AGENT + "remove:end", "judging"),
-    ("judge static: create + start", "judging", STATIC + "start:end"),
-    ("judge static: container run (start → exit)", STATIC + "start:end", STATIC + "wait:end"),
-    ("judge static: collect + remove", STATIC + "wait:end", STATIC + "remove:end"),
-    ("judge tests: create + start", STATIC + "remove:end", TESTS + "start:end"),
-    ("judge tests: container run (start → exit)", TESTS + "start:end", TESTS + "wait:end"),
-    ("judge tests: collect + remove", TESTS + "wait:end", TESTS + "remove:end"),
-    ("verdict, landing, record", TESTS + "remove:end", "execute:end"),
+    ("judge: container create + start", "judging", JUDGE + "start:end"),
+    (
+        "judge: boot (interpreter + imports, key, base test index)",
+        JUDGE + "start:end",
+        JUDGE + "runner:verify-begin",
+    ),
+    (
+        "judge: static checks, report sealed on the output",
+        JUDGE + "runner:verify-begin",
+        JUDGE + "judge:sealed",
+    ),
+    (
+        "judge: tests + coverage + contract, fail-to-pass alongside",
+        JUDGE + "judge:sealed",
+        JUDGE + "judge:done",
+    ),
+    ("judge: exit → engine reports the exit", JUDGE + "judge:done", JUDGE + "wait:end"),
+    ("judge: collect + remove", JUDGE + "wait:end", JUDGE + "remove:end"),
+    ("verdict, landing, record", JUDGE + "remove:end", "execute:end"),
 ]
 BOOT_STAGE = STAGES[4][0]
 VERIFY_STAGE = STAGES[7][0]
@@ -118,22 +137,26 @@ AGENT_PHASE = (
     AGENT + "remove:end",
 )
 INGESTION = ("= ingestion + judge staging", AGENT + "remove:end", "judging")
-JUDGE_PHASE = ("= judge phase (both containers, create → remove)", "judging", TESTS + "remove:end")
-JUDGE_STATIC = ("= judge static container (create → remove)", "judging", STATIC + "remove:end")
-JUDGE_TESTS = (
-    "= judge tests container (create → remove)",
-    STATIC + "remove:end",
-    TESTS + "remove:end",
+JUDGE_PHASE = ("= judge phase (one container, create → remove)", "judging", JUDGE + "remove:end")
+JUDGE_CONTAINER_RUN = (
+    "= judge container run (start → exit)",
+    JUDGE + "start:end",
+    JUDGE + "wait:end",
 )
-JUDGE_TESTS_CHECKS = (
-    "  judge tests: checks inside (verify + fail-to-pass)",
-    TESTS + "runner:verify-begin",
-    TESTS + "judge:done",
+JUDGE_CHECKS = (
+    "  judge: checks inside (static, then tests with fail-to-pass)",
+    JUDGE + "runner:verify-begin",
+    JUDGE + "judge:done",
 )
 JUDGE_STATIC_CHECKS = (
-    "  judge static: checks inside",
-    STATIC + "runner:verify-begin",
-    STATIC + "judge:done",
+    "  judge: static checks inside",
+    JUDGE + "runner:verify-begin",
+    JUDGE + "judge:sealed",
+)
+JUDGE_TESTS_CHECKS = (
+    "  judge: tests + fail-to-pass inside",
+    JUDGE + "judge:sealed",
+    JUDGE + "judge:done",
 )
 AGENT_LAST_VERIFY = (
     "  agent: last verification",
@@ -154,23 +177,56 @@ SUMMARY = [
     AGENT_LAST_VERIFY,
     INGESTION,
     JUDGE_PHASE,
-    JUDGE_STATIC,
+    JUDGE_CONTAINER_RUN,
+    JUDGE_CHECKS,
     JUDGE_STATIC_CHECKS,
-    JUDGE_TESTS,
     JUDGE_TESTS_CHECKS,
     TOTAL,
 ]
 #: (label, numerator, denominator): ratios taken per task, then their median.
 RATIOS = [
     ("judge phase / agent's last verification", JUDGE_PHASE, AGENT_LAST_VERIFY),
-    ("judge tests container / agent's last verification", JUDGE_TESTS, AGENT_LAST_VERIFY),
-    (
-        "judge tests, checks inside / agent's last verification",
-        JUDGE_TESTS_CHECKS,
-        AGENT_LAST_VERIFY,
-    ),
+    ("judge container run / agent's last verification", JUDGE_CONTAINER_RUN, AGENT_LAST_VERIFY),
+    ("judge, checks inside / agent's last verification", JUDGE_CHECKS, AGENT_LAST_VERIFY),
     ("judge phase / agent phase", JUDGE_PHASE, AGENT_PHASE),
 ]
+
+
+def task_container(name: str) -> str:
+    """A task container's phase from its name: ``taskbox-<run>-judge`` -> ``judge``, else ``agent``."""
+    return PHASE_JUDGE if name.endswith(f"-{PHASE_JUDGE}") else PHASE_AGENT
+
+
+class TaskBackend(BenchBackend):
+    """The bench backend, its marks prefixed with the phase of a task's container (:func:`task_container`).
+
+    ``bench.harness.container_phase`` names the judge's two former containers
+    (``-judge-static``, ``-judge-tests``); the judge now runs in one, ``taskbox-<run>-judge``.
+    """
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        # No log marks for the base class: ``wait`` below marks them with the right prefix.
+        super().__init__(client)
+
+    def _mark(self, name: str, container: str | None = None) -> None:
+        super()._mark(name, None)
+        if container is not None and self.marks is not None:
+            self.marks.mark(f"{task_container(container)}/{name}")
+
+    def wait(
+        self,
+        handle: SandboxHandle,
+        *,
+        timeout_seconds: float,
+        on_log: Callable[[str], None] | None = None,
+        **options: Any,
+    ) -> SandboxOutcome:
+        """Wait as the bench backend does; log lines of LOG_MARKS are marked with the container's phase."""
+        if self.marks is not None:
+            on_log = _MarkingLog(
+                self.marks, LOG_MARKS, on_log, prefix=f"{task_container(handle.name)}/"
+            )
+        return super().wait(handle, timeout_seconds=timeout_seconds, on_log=on_log, **options)
 
 
 def _span(marks: Marks, begin: str, end: str) -> float | None:
@@ -376,7 +432,7 @@ def _run_tasks(
     repetitions, warmup = ctx.reps(5, 1), ctx.reps(1, 0)
     repo = example_repo(root / "repo")
     script = trivial_script(root / "script.jsonl")
-    backend = BenchBackend(ctx.client, log_marks=LOG_MARKS)
+    backend = TaskBackend(ctx.client)
     # name -> (images, environment added to the containers): the same image with the SDK's
     # background import switched off is the A/B of the runner's boot; "before" an older image.
     setups: dict[str, tuple[DockerImages, dict[str, str]]] = {
@@ -435,12 +491,8 @@ def _floor_table(
     host = {label: Stats.of_seconds(samples).median_ms for label, samples in floor.items()}
     cycle = float(probes["python, nothing imported"]["cycle_median_ms"])
     per_phase = host[b2_floor.IMPORT] + cycle
-    judge_work = (
-        host[b2_floor.JUDGE_STATIC]
-        + host[b2_floor.JUDGE_TESTS_VERIFY]
-        + host[b2_floor.JUDGE_TESTS_F2P]
-    )
-    floor_judge = 2 * per_phase + judge_work
+    judge_work = host[b2_floor.JUDGE_STATIC] + host[b2_floor.JUDGE_TESTS]
+    floor_judge = per_phase + judge_work
     floor_task = per_phase + host[b2_floor.AGENT_VERIFY] + floor_judge
     rows = [[f"host: {label}", fmt_ms(value), ""] for label, value in host.items()]
     rows.append(
@@ -454,9 +506,9 @@ def _floor_table(
         JUDGE_WORK_RATIO: judge_work / host[b2_floor.AGENT_VERIFY],
     }
     rows += [
-        ["floor of the task: 3 x (import + cycle) + the four checks", fmt_ms(floor_task), ""],
+        ["floor of the task: 2 x (import + cycle) + the three checks", fmt_ms(floor_task), ""],
         [
-            "floor of the judge phase: 2 x (import + cycle) + its three checks",
+            "floor of the judge phase: import + cycle + its static and dynamic checks",
             fmt_ms(floor_judge),
             "",
         ],

@@ -16,7 +16,7 @@ from controller.errors import SandboxError
 from controller.gitrepo import read_blobs
 from controller.removal import remove_tree
 from controller.sandbox.spec import StagingPaths
-from taskbox_wire.paths import BASE_DIR, F2P_DIR
+from taskbox_wire.paths import BASE_DIR, F2P_DIR, JUDGE_KEY_FILE
 
 if TYPE_CHECKING:
     from controller.policy.planner import MountPlan
@@ -101,8 +101,6 @@ def remove_staging(root: Path) -> bool:
 
 #: A staged tree: repository-relative path -> (blob id, executable).
 Tree = dict[str, tuple[str, bool]]
-#: The judge's test phase writes its report here, apart from the static phase's ``out/``.
-JUDGE_TESTS_OUT = "out-tests"
 
 
 def _write_tree(repo: Path, folder: Path, tree: Tree) -> None:
@@ -122,6 +120,7 @@ def stage_judge(
     candidate: Tree,
     fail_to_pass: Tree,
     judge_config_json: str,
+    judge_key: bytes,
 ) -> StagingPaths:
     """Stage the judge's sandbox from objects the controller holds; raises SandboxError if ``root`` exists.
 
@@ -129,7 +128,9 @@ def stage_judge(
     applied), its owned paths handed to the sandbox uid as in a run; ``base/`` is the
     planned base tree as it was, and ``f2p/`` the base with the change's test files
     laid over it (both mounted read-only). There is no gateway folder: the judge has
-    no model. Nothing is ever read from the agent's staging folder.
+    no model. Nothing is ever read from the agent's staging folder. ``out/judge.key``
+    holds ``judge_key`` (hex), readable by the sandbox user only: the judge reads and
+    removes it before any model code runs, and seals its static report with it.
     """
     paths = StagingPaths.under(root).model_copy(
         update={
@@ -145,10 +146,12 @@ def stage_judge(
     _write_tree(repo, paths.work, candidate)
     _write_tree(repo, root / "base", base)
     _write_tree(repo, root / "f2p", fail_to_pass)
-    for folder in (paths.out, root / JUDGE_TESTS_OUT, paths.taskbox):
+    for folder in (paths.out, paths.taskbox):
         folder.mkdir(mode=0o755)
     _hand_over_writable(paths, plan, policy)
-    _hand_over(root / JUDGE_TESTS_OUT, policy.uid, policy.gid)
+    key_file = paths.out / JUDGE_KEY_FILE
+    _write_new_file(key_file, judge_key.hex().encode(), 0o400)
+    os.chown(key_file, policy.uid, policy.gid, follow_symlinks=False)
     # No secret in the judge's config: world-readable, owned by the controller.
     _write_new_file(paths.taskbox / "judge.json", judge_config_json.encode(), 0o444)
     return paths

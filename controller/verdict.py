@@ -1,11 +1,12 @@
 """The verdict on a candidate commit: the judge's two reports merged, then settled with what the controller saw.
 
-Pure decisions, no I/O. The judge runs the verifier twice in fresh sandboxes
-(controller/judge.py): a *static* phase that never executes a file the model
-wrote, then a *dynamic* phase that runs the tests. Both reports are parsed as
-untrusted bytes. The static report was sealed before any model code ran, so it
-can only fail a constraint, never pass one the dynamic phase failed: each
-constraint passes only when both phases passed it. Then :func:`settle` lowers
+Pure decisions, no I/O. The judge runs the verifier in one fresh sandbox
+(controller/judge.py): first the *static* checks, which never execute a file the
+model wrote, and whose report is sealed on the container's output (one framed
+line under a one-time key, :func:`open_sealed_report`) before any model code
+runs; then the *dynamic* checks, which run the tests. Both reports are parsed as
+untrusted bytes. The static report can only fail a constraint, never pass one
+the dynamic report failed: each constraint passes only when both passed it. Then :func:`settle` lowers
 the verdict with the facts the controller holds about the agent's sandbox (its
 exit status, its own last verdict, the status it claimed): a task succeeds
 only when the judge passed every check and nothing the controller saw says
@@ -15,6 +16,8 @@ the controller itself sets ``timeout``, ``cancelled`` or ``error``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -26,6 +29,7 @@ from taskbox_wire.contract import (
     TestResults,
     parse_untrusted_json,
 )
+from taskbox_wire.paths import JUDGE_STATIC_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -87,6 +91,31 @@ def parse_phase_report(raw: bytes, *, phase: str, max_bytes: int) -> PhaseReport
     if ids != list(CONSTRAINT_IDS):
         raise JudgeOutputError(f"the {phase} report must give constraints 1..10 in order")
     return report
+
+
+#: Hex characters of the HMAC-SHA256 that follows the static report's prefix.
+MAC_HEX_CHARS = 64
+
+
+def open_sealed_report(line: str, *, key: bytes, max_bytes: int) -> PhaseReport:
+    """The static report from its framed line (``<prefix><mac> <json>``); raise JudgeOutputError.
+
+    The MAC is HMAC-SHA256 of the JSON under the run's one-time key, which no model code
+    can know: a line the judge did not write, or that other output was mixed into, fails.
+    """
+    if not line.startswith(JUDGE_STATIC_PREFIX):
+        raise JudgeOutputError("the static report's line does not start with its prefix")
+    mac, sep, payload = line[len(JUDGE_STATIC_PREFIX) :].partition(" ")
+    if not sep or len(mac) != MAC_HEX_CHARS:
+        raise JudgeOutputError("the static report's line is not framed as the judge frames it")
+    try:
+        data = payload.encode("ascii")
+    except UnicodeEncodeError as exc:
+        raise JudgeOutputError("the static report's line is not ASCII") from exc
+    expected = hmac.new(key, data, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, mac):
+        raise JudgeOutputError("the static report's seal does not match: it is not the judge's")
+    return parse_phase_report(data, phase="static", max_bytes=max_bytes)
 
 
 def _merged_evidence(static: ConstraintReport, dynamic: ConstraintReport) -> list[str]:

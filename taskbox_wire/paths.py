@@ -26,19 +26,18 @@ BUNDLE_FILE = "result.bundle"
 
 RUNNER_COMMAND = ("python", "-m", "taskbox_runner")
 """The agent runner."""
-JUDGE_PHASES = ("static", "tests")
-"""The judge's phases, in the order they run."""
+JUDGE_COMMAND = ("python", "-P", "-m", "taskbox_runner.judge")
+"""The judge; ``-P`` keeps /work off sys.path (a model-written module never shadows ours)."""
+JUDGE_TESTS_REPORT = "tests.json"
+"""The judge's tests report, in the out folder (written after every other process was killed)."""
+JUDGE_KEY_FILE = "judge.key"
+"""The one-time key the static report is sealed with, in the out folder: read and removed by
+the judge before any model-written file runs."""
+JUDGE_STATIC_PREFIX = "TASKBOX-JUDGE-STATIC "
+"""Starts the line that carries the static report on the judge's output:
+``<prefix><hex HMAC-SHA256 of the JSON under the key> <JSON>``, one line, ASCII."""
 
 
-def judge_command(phase: str) -> list[str]:
-    """The judge's command for one phase; ``-P`` keeps /work off sys.path (a model-written module never shadows ours)."""
-    if phase not in JUDGE_PHASES:
-        raise ValueError(f"no judge phase {phase!r}")
-    return ["python", "-P", "-m", "taskbox_runner.judge", "--phase", phase]
-
-
-def judge_report(phase: str) -> str:
-    """The file one judge phase writes in its out folder."""
-    if phase not in JUDGE_PHASES:
-        raise ValueError(f"no judge phase {phase!r}")
-    return f"{phase}.json"
+def judge_command() -> list[str]:
+    """The judge's command (one container runs the static checks, then the tests)."""
+    return list(JUDGE_COMMAND)

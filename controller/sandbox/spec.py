@@ -30,10 +30,9 @@ LABEL_POLICY = "org.taskbox.policy-digest"
 LABEL_CONTROLLER = "org.taskbox.controller"
 LABEL_PHASE = "org.taskbox.phase"
 
-#: The containers of one task: the agent's, then the judge's static and test phases.
+#: The containers of one task: the agent's, then the judge's (static checks, then the tests).
 PHASE_AGENT = "agent"
-PHASE_JUDGE_STATIC = "judge-static"
-PHASE_JUDGE_TESTS = "judge-tests"
+PHASE_JUDGE = "judge"
 
 #: The sandbox's environment: no secret, nothing from the host's environment.
 SANDBOX_ENV: dict[str, str] = {

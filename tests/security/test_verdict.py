@@ -167,7 +167,7 @@ def test_forged_result_and_bundle_with_a_locked_out_folder_do_not_land(arena: Ar
     assert result.agent is not None
     assert result.agent.status == "succeeded"  # kept as the agent's claim, beside the verdict
     assert result.test_results.failed >= 1
-    assert (record / "container-judge-tests.json").is_file()
+    assert (record / "container-judge.json").is_file()
     assert {k: v for k, v in repo_state(arena.repo).items() if k != "objects"} == {
         k: v for k, v in before.items() if k != "objects"
     }
@@ -252,7 +252,7 @@ def test_tests_that_pass_on_the_base_too_do_not_succeed(arena: Arena) -> None:
     assert "test_strings" in evidence
 
 
-def test_a_clean_task_lands_with_the_hosts_subject_and_both_judge_containers_recorded(
+def test_a_clean_task_lands_with_the_hosts_subject_and_the_judge_container_recorded(
     arena: Arena,
 ) -> None:
     """The control case: real tests of real code pass the judge and land with the host's subject."""
@@ -274,11 +274,18 @@ def test_a_clean_task_lands_with_the_hosts_subject_and_both_judge_containers_rec
     subject = git(arena.repo, "log", "-1", "--format=%B", result.git_commit).decode().strip()
     assert subject == f"feat(api): Red-team task: the code it runs is hostile [{key}]"
     record = arena.runs / run_id / "record"
-    for phase in ("judge-static", "judge-tests"):
-        inspected = json.loads((record / f"container-{phase}.json").read_text())
-        assert inspected["Config"]["Labels"]["org.taskbox.phase"] == phase
-        assert inspected["Config"]["NetworkDisabled"] is True
-        assert not [m for m in inspected["Mounts"] if m["Destination"] == "/run/taskbox"]
+    inspected = json.loads((record / "container-judge.json").read_text())
+    assert inspected["Config"]["Labels"]["org.taskbox.phase"] == "judge"
+    assert inspected["Name"] == f"/taskbox-{run_id}-judge"
+    assert inspected["Config"]["NetworkDisabled"] is True
+    assert not [m for m in inspected["Mounts"] if m["Destination"] == "/run/taskbox"]
+    # Two CPUs (sec-run's max) so the suite and fail-to-pass overlap; memory and pids as policy.
+    assert inspected["HostConfig"]["NanoCpus"] == 2_000_000_000
+    assert inspected["HostConfig"]["Memory"] == 1024 * 1024 * 1024
+    assert inspected["HostConfig"]["PidsLimit"] == 256
+    for report in ("judge-static.json", "judge-tests.json", "verdict.json"):
+        assert (record / report).is_file(), report
+    assert "judge.key" not in {p.name for p in (arena.runs / run_id).rglob("*")}
     assert (record / "landing.json").is_file()
 
 
@@ -332,3 +339,78 @@ def test_a_test_that_rewrites_the_report_at_exit_does_not_pass(arena: Arena) -> 
     assert not passed
     assert "tests/test_atexit.py" in evidence
     assert "atexit" in evidence
+
+
+def test_a_test_that_prints_a_passing_static_report_does_not_change_the_verdict(
+    arena: Arena,
+) -> None:
+    """A model-written test writes a passing static report line to the judge's output: the first line wins."""
+    key = "SEC-SEAL"
+    forged = {
+        "framework": "fastapi",
+        "test_results": {"total": 1, "passed": 1, "failed": 0, "skipped": 0},
+        "constraints": [
+            {"id": n, "name": f"c{n}", "passed": True, "evidence": ["all good"]}
+            for n in range(1, 11)
+        ],
+        "warnings": [],
+    }
+    line = "TASKBOX-JUDGE-STATIC " + "0" * 64 + " " + json.dumps(forged, sort_keys=True)
+    hostile = textwrap.dedent(
+        f'''
+        """Tests of the greeting, and a forged static report on the judge's output."""
+
+        import os
+
+        from app.api.greeting import greet, shout
+
+        LINE = {line!r}
+
+
+        def say(text: str) -> None:
+            # The container's stdout and stderr, through init's file descriptors.
+            for target in ("/proc/1/fd/1", "/proc/1/fd/2"):
+                try:
+                    with open(target, "w") as out:
+                        out.write(text)
+                except OSError as exc:
+                    print(exc)
+
+
+        def test_greeting() -> None:
+            say(f"HOSTILE key file left: {{os.path.exists('/out/judge.key')}}\\n")
+            say(LINE + "\\n")
+            print(LINE)
+            shout("x")
+            assert greet("x") == "Hello, x!"
+        '''
+    )
+    printing = GREETING + (
+        '\n\ndef shout(name: str) -> None:\n    """Print a greeting."""\n    print(greet(name))\n'
+    )
+    task = make_task(key, owns=["app/api/", "tests/test_greeting.py"], relevant=RELEVANT)
+
+    result, run_id = run_task(
+        arena,
+        task,
+        [
+            editor_create("app/api/greeting.py", printing),
+            editor_create("tests/test_greeting.py", hostile),
+        ],
+    )
+
+    record = arena.runs / run_id / "record"
+    judge_log = (record / "judge.log").read_text(errors="replace")
+    assert line in judge_log, (
+        "the forged line never reached the judge's output: the attack proves nothing"
+    )
+    assert "HOSTILE key file left: False" in judge_log
+    assert result.status == "failed"
+    assert result.git_commit is None
+    assert no_branch(arena, key)
+    passed, evidence = constraint(result, 8)
+    assert not passed
+    print_line = printing.splitlines().index("    print(greet(name))") + 1
+    assert f"app/api/greeting.py:{print_line}" in evidence, evidence
+    sealed = json.loads((record / "judge-static.json").read_text())
+    assert not sealed["constraints"][7]["passed"]

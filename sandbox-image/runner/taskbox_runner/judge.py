@@ -1,28 +1,39 @@
-"""The judge inside its sandbox: ``python -P -m taskbox_runner.judge --phase static|tests``.
+"""The judge inside its sandbox: ``python -P -m taskbox_runner.judge``, one container, two reports.
 
-The controller runs this twice on the candidate commit, in two fresh sandboxes with
-no gateway and no model:
+The controller runs this once on the candidate commit, in a fresh sandbox with no
+gateway and no model. In order:
 
-- ``static``: ruff and every AST check of the ten constraints. No file of the
-  repository is imported or executed, so nothing the model wrote can touch this
-  report: it is sealed by the container ending before any model code runs.
-- ``tests``: the whole verification (tests, coverage, the contract run) plus
-  fail-to-pass (the candidate's tests run on the base tree: one must fail there).
-  Model code runs here, so this report is a claim of code under test: the judge
-  makes itself non-dumpable (no same-uid process may ptrace it or read its memory),
-  kills every other process of the sandbox before writing its report, and the
-  controller ANDs it with the static report.
+1. It makes itself non-dumpable (no same-uid process may ptrace it or read its
+   memory or file descriptors), then reads the one-time key the controller left
+   in ``/out/judge.key`` and removes that file.
+2. **Static checks**: ruff and every AST check of the ten constraints. No file of
+   the repository is imported or executed. The report is **sealed** by writing it
+   to the container's output as one line, ``TASKBOX-JUDGE-STATIC <mac> <json>``,
+   where ``<mac>`` is HMAC-SHA256 of the JSON under the key. Model code runs only
+   after that write returned, and cannot know the key (it was removed from the
+   disk and lives only in this undumpable process), so it can neither change that
+   line nor forge one the controller accepts; the controller takes the first such
+   line only.
+3. **Dynamic checks**: the tests with coverage, the contract run and Django's
+   migration check, while fail-to-pass (the candidate's tests on the base tree,
+   one must fail there) runs concurrently in a second pytest process. Model code
+   runs here, so this report is a claim of code under test: the judge kills every
+   other process of the sandbox before writing it to ``/out/tests.json``, and the
+   controller ANDs it with the static report.
 
 ``-P`` keeps ``/work`` off ``sys.path``: a model-written ``pydantic.py`` or
-``taskbox_runner/`` there is never imported by the judge itself. The report goes to
-``/out/<phase>.json``; the exit status is 0 whenever a report was written.
+``taskbox_runner/`` there is never imported by the judge itself. The exit status
+is 0 when both reports were made.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import ctypes
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -33,18 +44,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from taskbox_runner.verify import (
+    CheckOutcome,
     VerificationReport,
     VerifyContext,
     check_fail_to_pass,
     index_tests,
-    verify,
-    verify_static,
+    static_checks,
+    static_report,
+    verify_dynamic,
 )
 from taskbox_wire.config import JudgeConfig
-from taskbox_wire.paths import JUDGE_CONFIG, JUDGE_PHASES, judge_report
+from taskbox_wire.paths import (
+    JUDGE_CONFIG,
+    JUDGE_KEY_FILE,
+    JUDGE_STATIC_PREFIX,
+    JUDGE_TESTS_REPORT,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from taskbox_runner.verify import StaticPhase
 
 logger = logging.getLogger("taskbox_runner.judge")
 
@@ -52,6 +72,8 @@ DEFAULT_CONFIG = Path(JUDGE_CONFIG)
 EXIT_NO_REPORT = 2
 #: prctl(2) option: whether the process may be ptraced or dumped by its own uid.
 PR_SET_DUMPABLE = 4
+#: The key file is a few dozen bytes; anything longer is not the controller's.
+MAX_KEY_CHARS = 256
 
 
 def make_undumpable() -> bool:
@@ -69,14 +91,55 @@ def kill_everything_else() -> None:
         os.kill(-1, signal.SIGKILL)
 
 
-def _with_fail_to_pass(
-    report: VerificationReport, ctx: VerifyContext, config: JudgeConfig
+def take_key(outdir: Path) -> bytes:
+    """Read the one-time key and remove its file, so that no later process finds it; raises OSError/ValueError."""
+    path = outdir / JUDGE_KEY_FILE
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        text = os.read(fd, MAX_KEY_CHARS + 1)
+    finally:
+        os.close(fd)
+    path.unlink()
+    key = bytes.fromhex(text.decode("ascii").strip())
+    if len(key) < 16:  # noqa: PLR2004 - 128 bits at the least
+        raise ValueError("the judge's key is too short")
+    return key
+
+
+def sealed_line(report: VerificationReport, key: bytes) -> bytes:
+    """The static report as the one framed line the controller reads: prefix, MAC, ASCII JSON."""
+    payload = json.dumps(report.model_dump(mode="json"), sort_keys=True, ensure_ascii=True)
+    mac = hmac.new(key, payload.encode("ascii"), hashlib.sha256).hexdigest()
+    return f"{JUDGE_STATIC_PREFIX}{mac} {payload}\n".encode("ascii")
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (a pipe may take a long line in pieces)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def context(config: JudgeConfig, scratch: Path) -> VerifyContext:
+    """The verifier's context on the candidate tree, with the base's test index."""
+    return VerifyContext(
+        workdir=config.workdir,
+        owns_paths=list(config.owns_paths),
+        openapi_path=config.openapi_path,
+        coverage_threshold=config.coverage_threshold,
+        base_config_dir=config.base_dir,
+        scratch_dir=scratch / "verify",
+        changed_files=list(config.changed_files),
+        base_tests=index_tests(config.base_dir),
+        test_timeout_seconds=config.test_timeout_seconds,
+    )
+
+
+def with_fail_to_pass(
+    report: VerificationReport, outcome: CheckOutcome, scrub: tuple[str, ...]
 ) -> VerificationReport:
     """Constraint 5 also requires the candidate's tests to fail on the base tree."""
-    outcome = check_fail_to_pass(
-        ctx, base_workdir=config.fail_to_pass_dir, test_files=list(config.test_files)
-    )
-    scrub = (str(ctx.scratch_dir), str(config.fail_to_pass_dir), str(config.workdir))
     f2p = outcome.to_report(scrub)
     tests = report.constraints[4]
     merged = tests.model_copy(
@@ -89,28 +152,31 @@ def _with_fail_to_pass(
     return report.model_copy(update={"constraints": constraints})
 
 
-def judge(config: JudgeConfig, phase: str) -> VerificationReport:
-    """Run one phase of the judge on the candidate tree and return its report."""
-    scratch = Path(tempfile.mkdtemp(prefix="taskbox-judge-"))
-    ctx = VerifyContext(
-        workdir=config.workdir,
-        owns_paths=list(config.owns_paths),
-        openapi_path=config.openapi_path,
-        coverage_threshold=config.coverage_threshold,
-        base_config_dir=config.base_dir,
-        scratch_dir=scratch / "verify",
-        changed_files=list(config.changed_files),
-        base_tests=index_tests(config.base_dir),
-        test_timeout_seconds=config.test_timeout_seconds,
+def run_dynamic(ctx: VerifyContext, config: JudgeConfig, static: StaticPhase) -> VerificationReport:
+    """The dynamic checks, with fail-to-pass in a second pytest process at the same time."""
+    f2p_ctx = ctx.model_copy(update={"scratch_dir": ctx.scratch_dir.parent / "fail-to-pass"})
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="f2p") as pool:
+        # The fail-to-pass run writes only to its own scratch folder and reads the read-only
+        # base tree, so it shares nothing with the main run but the CPUs.
+        f2p = pool.submit(
+            check_fail_to_pass,
+            f2p_ctx,
+            base_workdir=config.fail_to_pass_dir,
+            test_files=list(config.test_files),
+        )
+        report = verify_dynamic(ctx, static)
+        outcome = f2p.result()
+    scrub = (
+        str(ctx.scratch_dir.parent),
+        str(config.fail_to_pass_dir),
+        str(config.workdir),
     )
-    if phase == "static":
-        return verify_static(ctx)
-    return _with_fail_to_pass(verify(ctx), ctx, config)
+    return with_fail_to_pass(report, outcome, scrub)
 
 
-def write_report(outdir: Path, phase: str, report: VerificationReport) -> None:
-    """Write the report fresh: whatever stands at its name is removed first, no link followed."""
-    path = outdir / judge_report(phase)
+def write_report(outdir: Path, report: VerificationReport) -> None:
+    """Write the tests report fresh: whatever stands at its name is removed first, no link followed."""
+    path = outdir / JUDGE_TESTS_REPORT
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -118,9 +184,8 @@ def write_report(outdir: Path, phase: str, report: VerificationReport) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the phase the arguments name; 0 when the report was written."""
+    """Seal the static report on stdout, then run the tests; 0 when the tests report was written."""
     parser = argparse.ArgumentParser(prog="python -P -m taskbox_runner.judge")
-    parser.add_argument("--phase", choices=JUDGE_PHASES, required=True)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -130,20 +195,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning("could not make the judge non-dumpable")
     try:
         config = JudgeConfig.model_validate_json(args.config.read_bytes())
-        report = judge(config, args.phase)
+        key = take_key(config.outdir)
+        ctx = context(config, Path(tempfile.mkdtemp(prefix="taskbox-judge-")))
+        static = static_checks(ctx)
+        sealed = sealed_line(static_report(ctx, static), key)
+        del key
+        # The seal: written whole before any model-written file is imported or run.
+        write_all(sys.stdout.fileno(), sealed)
     except Exception:
-        logger.exception("the judge's %s phase failed", args.phase)
+        logger.exception("the judge's static checks failed")
         return EXIT_NO_REPORT
-    if args.phase == "tests":
-        kill_everything_else()
+    logger.info("static checks sealed; running the tests")
     try:
-        write_report(config.outdir, args.phase, report)
-    except OSError:
-        logger.exception("could not write the %s report", args.phase)
+        report = run_dynamic(ctx, config, static)
+    except Exception:
+        logger.exception("the judge's tests failed")
         return EXIT_NO_REPORT
-    logger.info(
-        "%s phase: %d/10 checks passed", args.phase, sum(c.passed for c in report.constraints)
-    )
+    kill_everything_else()
+    try:
+        write_report(config.outdir, report)
+    except OSError:
+        logger.exception("could not write the tests report")
+        return EXIT_NO_REPORT
+    logger.info("tests phase: %d/10 checks passed", sum(c.passed for c in report.constraints))
     return 0
 
 

@@ -1,10 +1,12 @@
 """The verification harness that runs inside the sandbox: the worker brief's ten constraints.
 
 ``verify_static(VerifyContext) -> VerificationReport`` runs ruff, detect-secrets
-and the AST checks and never imports or runs a file of the repository (the
-judge runs it first and seals it); ``verify(VerifyContext)`` adds pytest (with
-coverage) once under harness-owned settings, the contract run and Django's
-migration check, and merges both phases per constraint.
+and the AST checks and never imports or runs a file of the repository;
+``verify(VerifyContext)`` adds pytest (with coverage) once under harness-owned
+settings, the contract run and Django's migration check, and merges both phases
+per constraint. The judge splits the two: ``static_checks`` + ``static_report``
+first (it seals that report before any model code runs), then
+``verify_dynamic(ctx, static)``, which runs only what needs the code to run.
 ``check_fail_to_pass(ctx, base_workdir=..., test_files=[...])`` runs the
 model's new and changed tests on the base tree (one must fail there). The ten checks:
 
@@ -61,7 +63,14 @@ pass it as ``VerifyContext.base_tests`` so removed tests are caught.
 """
 
 from taskbox_runner.verify.fail_to_pass import check_fail_to_pass
-from taskbox_runner.verify.harness import verify, verify_static
+from taskbox_runner.verify.harness import (
+    StaticPhase,
+    static_checks,
+    static_report,
+    verify,
+    verify_dynamic,
+    verify_static,
+)
 from taskbox_runner.verify.models import (
     CheckOutcome,
     Finding,
@@ -75,10 +84,14 @@ __all__ = [
     "CheckOutcome",
     "Finding",
     "Framework",
+    "StaticPhase",
     "VerificationReport",
     "VerifyContext",
     "check_fail_to_pass",
     "index_tests",
+    "static_checks",
+    "static_report",
     "verify",
+    "verify_dynamic",
     "verify_static",
 ]

@@ -22,11 +22,6 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-from detect_secrets.core.scan import scan_line
-from detect_secrets.core.secrets_collection import SecretsCollection
-from detect_secrets.settings import get_settings, transient_settings
-
 from taskbox_runner.verify.models import CheckOutcome, Finding
 from taskbox_runner.verify.ruff_run import HARNESS_RULES, RuffRun
 from taskbox_runner.verify.secret_values import (
@@ -73,6 +68,11 @@ def scan_secrets(
     wanted = [f for f in files if _scannable(space, f)]
     if not wanted or not names:
         return []
+    # Imported here, not at the top: detect-secrets costs ~0.1 s to import and only this
+    # check needs it, so the judge's and the runner's boot paths do not pay for it.
+    from detect_secrets.core.secrets_collection import SecretsCollection  # noqa: PLC0415
+    from detect_secrets.settings import get_settings, transient_settings  # noqa: PLC0415
+
     types = {cls.__name__: kind for kind, cls in _plugin_classes().items()}
     findings = []
     with _SETTINGS_LOCK, transient_settings({"plugins_used": [{"name": n} for n in names]}):
@@ -168,6 +168,9 @@ def rebuilt_secrets(space: Workspace, files: list[str]) -> list[Finding]:
                 )
     if not rebuilt:
         return findings
+    from detect_secrets.core.scan import scan_line  # noqa: PLC0415 - see scan_secrets
+    from detect_secrets.settings import get_settings, transient_settings  # noqa: PLC0415
+
     # Known shapes only: guessing plugins on a rebuilt value add noise the name rule covers.
     names = sorted(set(default_plugin_names()) - GUESSING_PLUGINS)
     with _SETTINGS_LOCK, transient_settings({"plugins_used": [{"name": n} for n in names]}):
@@ -218,5 +221,9 @@ def default_plugin_names() -> list[str]:
 
 def _plugin_classes() -> dict[str, type]:
     """detect-secrets' plugin classes by secret type (its own function is untyped)."""
+    from detect_secrets.core.plugins.util import (  # noqa: PLC0415 - see scan_secrets
+        get_mapping_from_secret_type_to_class,
+    )
+
     mapping: dict[str, type] = get_mapping_from_secret_type_to_class()
     return mapping

@@ -78,13 +78,59 @@ def verify_static(ctx: VerifyContext) -> VerificationReport:
     or renamed out of collection, hidden routes) and pass when that finds nothing; the judge
     ANDs this report with the dynamic one.
     """
-    static = _static_phase(ctx)
+    return static_report(ctx, static_checks(ctx))
+
+
+def static_checks(ctx: VerifyContext) -> StaticPhase:
+    """Run the static checks; what they looked at and found, for :func:`static_report` and
+    :func:`verify_dynamic` (the judge runs both on one :class:`StaticPhase`)."""
+    return _static_phase(ctx)
+
+
+def static_report(ctx: VerifyContext, static: StaticPhase) -> VerificationReport:
+    """The static checks' findings as a report of the ten constraints (no test counts)."""
     return _report(ctx, static, None, static.outcomes, [])
 
 
 def verify(ctx: VerifyContext) -> VerificationReport:
     """Check the repository at ``ctx.workdir`` against the ten constraints (static and dynamic)."""
     static = _static_phase(ctx)
+    tests, dynamic = _dynamic_checks(ctx, static)
+    outcomes = [merge_outcomes(dynamic[o.id], o) if o.id in dynamic else o for o in static.outcomes]
+    return _report(ctx, static, tests, outcomes, test_warnings(tests))
+
+
+def verify_dynamic(ctx: VerifyContext, static: StaticPhase) -> VerificationReport:
+    """Only what needs the code to run (tests with coverage, the contract run, Django migrations).
+
+    The judge's second report: constraints 4, 5 and 6 carry the dynamic verdicts alone, and the
+    others pass with no evidence, since the static report (sealed before this runs) decides
+    them; the controller ANDs the two per constraint, so nothing here can pass a static failure.
+    """
+    tests, dynamic = _dynamic_checks(ctx, static)
+    outcomes = [
+        dynamic.get(o.id) or CheckOutcome(o.id, "decided by the static checks", name=o.name)
+        for o in static.outcomes
+    ]
+    report = _report(
+        ctx,
+        static,
+        tests,
+        outcomes,
+        test_warnings(tests),
+        static_warnings=False,
+    )
+    constraints = [
+        c if c.id in dynamic else c.model_copy(update={"passed": True, "evidence": []})
+        for c in report.constraints
+    ]
+    return report.model_copy(update={"constraints": constraints})
+
+
+def _dynamic_checks(
+    ctx: VerifyContext, static: StaticPhase
+) -> tuple[PytestRun, dict[int, CheckOutcome]]:
+    """One pytest run (tests and coverage), Django's migration check, the contract run."""
     space = static.space
     manage_py = find_manage_py(space) if static.framework == "django" else None
     django_settings = settings_module(space, manage_py) if manage_py else None
@@ -111,9 +157,7 @@ def verify(ctx: VerifyContext) -> VerificationReport:
         ),
         6: contract,
     }
-    outcomes = [merge_outcomes(dynamic[o.id], o) if o.id in dynamic else o for o in static.outcomes]
-    warnings = test_warnings(tests)
-    return _report(ctx, static, tests, outcomes, warnings)
+    return tests, dynamic
 
 
 @dataclass
@@ -209,6 +253,8 @@ def _report(
     tests: PytestRun | None,
     outcomes: list[CheckOutcome],
     warnings: list[str],
+    *,
+    static_warnings: bool = True,
 ) -> VerificationReport:
     scrub = (
         str(ctx.scratch_dir.resolve()),
@@ -223,7 +269,9 @@ def _report(
         warnings=list(
             dict.fromkeys(
                 scrub_text(w, scrub)
-                for w in static.warnings + warnings + [w for o in outcomes for w in o.warnings]
+                for w in (static.warnings if static_warnings else [])
+                + warnings
+                + [w for o in outcomes for w in o.warnings]
             )
         ),
     )
