@@ -85,6 +85,14 @@ def safe_text(value: object, style: str = "", *, multiline: bool = False) -> Tex
     return Text(escape_text(str(value), multiline=multiline), style=style)
 
 
+def duration(seconds: float | None) -> str:
+    """``4.2s``, ``3m07.5s`` or ``-``: how the CLI and the web view show how long something took."""
+    if seconds is None:
+        return "-"
+    minutes, rest = divmod(max(0.0, seconds), 60)
+    return f"{int(minutes)}m{rest:04.1f}s" if minutes else f"{rest:.1f}s"
+
+
 def make_console(*, stderr: bool = False) -> Console:
     """A rich console that parses no markup, highlights nothing and replaces no ``:emoji:`` codes.
 

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from controller.cli.common import CliError
 from controller.cli.report import result_report
-from controller.display import escape_json, make_console, safe_text
+from controller.display import duration, escape_json, make_console, safe_text
 from controller.settings import get_settings
 from taskbox_wire.contract import TaskResult
 
@@ -130,13 +130,6 @@ def _all_runs(folder: Path) -> list[RunSummary]:
     return sorted(found, key=lambda r: (r.meta.get("started_at") or "", r.run_id), reverse=True)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{rest:04.1f}s" if minutes else f"{rest:.1f}s"
-
-
 def _find_run(run: str, folder: Path) -> Path:
     """A run's folder from its id (under ``folder``) or a path to the run or its record."""
     given = Path(run)
@@ -194,7 +187,7 @@ def list_runs(
             safe_text(item.meta.get("task_key") or "-"),
             safe_text(item.status),
             started,
-            _duration(item.seconds),
+            duration(item.seconds),
             safe_text(item.meta.get("model") or "-"),
             safe_text(commit[:12] if isinstance(commit, str) else "-"),
         )
@@ -256,7 +249,7 @@ def show_run(run: str, runs_dir: Path | None, as_json: bool) -> None:
         ("image", f"{meta.get('image')} ({meta.get('image_id')})"),
         ("model", meta.get("model")),
         ("started", meta.get("started_at")),
-        ("took", _duration(summary.seconds)),
+        ("took", duration(summary.seconds)),
     ]
     if usage:
         tokens = f"{usage.get('input_tokens')} input and {usage.get('output_tokens')} output tokens"

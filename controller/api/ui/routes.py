@@ -35,6 +35,7 @@ from controller.api.ui.session import (
     from_this_site,
     set_sign_in_cookie,
 )
+from controller.display import duration
 from controller.errors import AuditNotFoundError, TaskboxError, TaskNotFoundError
 from controller.gateway.transcript import TRANSCRIPT_FILE, read_transcript
 from controller.policy.planner import MountPlan
@@ -234,9 +235,7 @@ def _task_context(record: TaskRecord, service: TaskService, context: AppContext)
         "created": views.clock(record.created_at),
         "started": views.clock(started),
         "finished": views.clock(finished),
-        "took": views.duration(
-            (finished - started).total_seconds() if started and finished else None
-        ),
+        "took": duration((finished - started).total_seconds() if started and finished else None),
         "timeline": views.timeline(events),
         "result": result,
         "checks": sorted(result.constraints, key=lambda c: c.id) if result else [],

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from controller.display import duration
 from controller.errors import RepositoryError
 from controller.gitrepo import run_git
 
@@ -42,14 +43,6 @@ def parse_time(value: object) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         return None
-
-
-def duration(seconds: float | None) -> str:
-    """``4.2s``, ``3m07.5s`` or ``-``, as ``taskbox runs`` shows durations."""
-    if seconds is None:
-        return "-"
-    minutes, rest = divmod(max(0.0, seconds), 60)
-    return f"{int(minutes)}m{rest:04.1f}s" if minutes else f"{rest:.1f}s"
 
 
 def clock(value: datetime | None) -> str:
