@@ -2,21 +2,28 @@
 
 Importing the SDK costs 1-2 s of CPU (over a thousand pydantic type modules) and nothing
 before the first model call needs it, so the runner's entry point starts the import here and
-the loop joins it when it makes the client. The judge never imports this module.
+the loop joins it when it makes the client. The import leaves the modules the runner never
+uses unexecuted (:mod:`taskbox_runner.lazy_sdk`), which halves its CPU on the sandbox's one
+CPU. The judge never imports this module.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 import time
+
+from taskbox_runner import lazy_sdk
 
 logger = logging.getLogger(__name__)
 
 SDK_MODULE = "anthropic"
 #: Set to "0" to import the SDK on the main thread instead (bench B2 compares the two).
 PRELOAD_ENV = "TASKBOX_RUNNER_SDK_PRELOAD"
+#: Set to "0" to import the whole SDK on the thread instead of lazily (bench B2 compares the two).
+LAZY_ENV = "TASKBOX_RUNNER_SDK_LAZY"
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
@@ -25,7 +32,10 @@ _thread: threading.Thread | None = None
 def _import_in_background() -> None:
     started = time.perf_counter()
     try:
-        importlib.import_module(SDK_MODULE)
+        if os.environ.get(LAZY_ENV, "1") == "0":
+            importlib.import_module(SDK_MODULE)
+        else:
+            lazy_sdk.import_sdk()
     except Exception:  # the main thread's own import raises it again, with its traceback
         logger.debug("importing %s in the background failed", SDK_MODULE, exc_info=True)
         return
