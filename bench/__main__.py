@@ -1,7 +1,8 @@
 """``python -m bench [names]``: run the chosen benchmarks and write ``bench/results/<date>.{json,md}``.
 
-Containers are removed after each benchmark and at exit (SIGTERM and Ctrl-C
-included); the scratch folder goes too.
+This run's containers are removed after each benchmark and at exit (SIGTERM and
+Ctrl-C included), and so are those of a run whose process is gone; a concurrent
+run's are left alone. The scratch folder goes too.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def _run_one(name: str, ctx: BenchContext) -> BenchResult:
     else:
         result.load_average = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     finally:
-        left = remove_bench_containers(ctx.client)
+        # Peers' containers are found by name only (they carry no label): only B1 runs peers.
+        left = remove_bench_containers(ctx.client, peers=name == "b1")
         if left:
             log.warning(
                 "%s left %d containers behind (removed): %s",
@@ -155,7 +157,7 @@ def main(argv: list[str]) -> int:
                 json_path, _ = write_results(results[-1:], machine)
                 log.info("%s written to %s (and .md)", name.upper(), json_path)
     finally:
-        remove_bench_containers(client)
+        remove_bench_containers(client, peers="b1" in names)
         # The peers' tag of the image (absent when the peers did not run).
         with contextlib.suppress(DockerException):
             client.api.remove_image(PEER_IMAGE_TAG, noprune=True)

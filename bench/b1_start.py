@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bench.harness import (
-    BENCH_LABEL,
     BENCH_LABELS,
     CONTROLLER_ID,
     PEER_IMAGE_TAG,
@@ -118,8 +117,7 @@ def _cli_variant(image: str) -> Callable[[], float]:
                 "--rm",
                 "--network",
                 "none",
-                "--label",
-                f"{BENCH_LABEL}=1",
+                *(f"--label={key}={value}" for key, value in BENCH_LABELS.items()),
                 image,
                 *COMMAND,
             ],

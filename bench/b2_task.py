@@ -35,7 +35,6 @@ from bench.harness import (
     Marks,
     Stats,
     Table,
-    _MarkingLog,
     expect,
     fmt_ms,
     iter_with_budget,
@@ -46,17 +45,13 @@ from bench.specs import HardenedSpecs
 from controller.image import SANDBOX_IMAGE
 from controller.runs import TaskRunner, new_run_id
 from controller.sandbox.docker import DockerImages
-from controller.sandbox.spec import PHASE_AGENT, PHASE_JUDGE
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
-    from typing import Any
 
     import docker
 
     from controller.events import RunEvent
-    from controller.sandbox.backend import SandboxHandle, SandboxOutcome
 
 log = logging.getLogger("bench.b2")
 
@@ -190,43 +185,6 @@ RATIOS = [
     ("judge, checks inside / agent's last verification", JUDGE_CHECKS, AGENT_LAST_VERIFY),
     ("judge phase / agent phase", JUDGE_PHASE, AGENT_PHASE),
 ]
-
-
-def task_container(name: str) -> str:
-    """A task container's phase from its name: ``taskbox-<run>-judge`` -> ``judge``, else ``agent``."""
-    return PHASE_JUDGE if name.endswith(f"-{PHASE_JUDGE}") else PHASE_AGENT
-
-
-class TaskBackend(BenchBackend):
-    """The bench backend, its marks prefixed with the phase of a task's container (:func:`task_container`).
-
-    ``bench.harness.container_phase`` names the judge's two former containers
-    (``-judge-static``, ``-judge-tests``); the judge now runs in one, ``taskbox-<run>-judge``.
-    """
-
-    def __init__(self, client: docker.DockerClient) -> None:
-        # No log marks for the base class: ``wait`` below marks them with the right prefix.
-        super().__init__(client)
-
-    def _mark(self, name: str, container: str | None = None) -> None:
-        super()._mark(name, None)
-        if container is not None and self.marks is not None:
-            self.marks.mark(f"{task_container(container)}/{name}")
-
-    def wait(
-        self,
-        handle: SandboxHandle,
-        *,
-        timeout_seconds: float,
-        on_log: Callable[[str], None] | None = None,
-        **options: Any,
-    ) -> SandboxOutcome:
-        """Wait as the bench backend does; log lines of LOG_MARKS are marked with the container's phase."""
-        if self.marks is not None:
-            on_log = _MarkingLog(
-                self.marks, LOG_MARKS, on_log, prefix=f"{task_container(handle.name)}/"
-            )
-        return super().wait(handle, timeout_seconds=timeout_seconds, on_log=on_log, **options)
 
 
 def _span(marks: Marks, begin: str, end: str) -> float | None:
@@ -432,7 +390,7 @@ def _run_tasks(
     repetitions, warmup = ctx.reps(5, 1), ctx.reps(1, 0)
     repo = example_repo(root / "repo")
     script = trivial_script(root / "script.jsonl")
-    backend = TaskBackend(ctx.client)
+    backend = BenchBackend(ctx.client, log_marks=LOG_MARKS)
     # name -> (images, environment added to the containers): the same image with the SDK's
     # background import switched off is the A/B of the runner's boot; "before" an older image.
     setups: dict[str, tuple[DockerImages, dict[str, str]]] = {

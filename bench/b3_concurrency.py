@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict
 from bench.b6_memory import MIB, cgroup_usage
 from bench.harness import (
     BENCH_LABEL,
+    THIS_RUN,
     BenchContext,
     BenchError,
     BenchResult,
@@ -291,7 +292,10 @@ class Sampler:
                 # Only this benchmark's tasks: another bench's sandbox (or one a killed suite
                 # left running) must not count as a running task.
                 items = self._client.api.containers(
-                    filters={"label": [f"{BENCH_LABEL}=1"], "name": TASK_CONTAINER_PREFIX}
+                    filters={
+                        "label": [f"{BENCH_LABEL}={THIS_RUN.run_id}"],
+                        "name": TASK_CONTAINER_PREFIX,
+                    }
                 )
             except DockerException:  # a missed sample, not a failed benchmark
                 log.debug("could not list the running sandboxes", exc_info=True)

@@ -2,8 +2,9 @@
 
 Every benchmark returns a :class:`BenchResult`; ``python -m bench`` merges them
 into ``bench/results/<date>.json`` and ``<date>.md``. Containers a benchmark
-starts carry ``org.taskbox.bench=1`` and :func:`remove_bench_containers` removes
-them, whatever happened.
+starts carry ``org.taskbox.bench=<run id>`` and the suite's pid and host
+(:class:`RunOwner`); :func:`remove_bench_containers` removes this run's, whatever
+happened, and another run's only once its process is gone.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import logging
 import math
 import os
 import platform
+import socket
 import statistics
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -38,11 +41,68 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bench")
 
-#: Every container a benchmark starts carries this label (plus what the backend adds).
+#: Every container a benchmark starts carries this label, its value the suite run's id.
 BENCH_LABEL = "org.taskbox.bench"
-BENCH_LABELS: dict[str, str] = {BENCH_LABEL: "1"}
-#: The controller id the benchmarks give Taskbox, so its orphan search finds only ours.
-CONTROLLER_ID = "bench"
+#: The pid and host of the suite run that made a container: another run removes it once that pid is gone.
+BENCH_PID_LABEL = "org.taskbox.bench.pid"
+BENCH_HOST_LABEL = "org.taskbox.bench.host"
+#: Carries the suite run's owner to the servers it starts (B3's ``taskbox serve`` with
+#: ``bench.api_executor``), so their containers are the run's own. Not ``TASKBOX_``: the
+#: benchmarks hand their servers no ``TASKBOX_`` variable but the settings they choose.
+OWNER_ENV = "BENCH_RUN_OWNER"
+#: States in which a container whose owner is unknown (the old ``org.taskbox.bench=1``) is removed.
+STOPPED_STATES = frozenset({"exited", "dead"})
+
+
+@dataclass(frozen=True)
+class RunOwner:
+    """One suite run: its id (the bench label's value), its process and its host."""
+
+    run_id: str
+    pid: int
+    host: str
+
+    @property
+    def controller_id(self) -> str:
+        """The controller id this run gives Taskbox, so its orphan search finds only this run's."""
+        return f"bench-{self.run_id[:12]}"
+
+    def labels(self) -> dict[str, str]:
+        """The labels of every container this run starts."""
+        return {
+            BENCH_LABEL: self.run_id,
+            BENCH_PID_LABEL: str(self.pid),
+            BENCH_HOST_LABEL: self.host,
+        }
+
+    def encode(self) -> str:
+        """The value of :data:`OWNER_ENV`."""
+        return f"{self.run_id}:{self.pid}:{self.host}"
+
+    @classmethod
+    def decode(cls, text: str) -> RunOwner | None:
+        """The owner :meth:`encode` wrote, or ``None`` for anything else."""
+        run_id, _, rest = text.partition(":")
+        pid, _, host = rest.partition(":")
+        if not (run_id.isalnum() and pid.isdigit() and host):
+            return None
+        return cls(run_id=run_id, pid=int(pid), host=host)
+
+    @classmethod
+    def current(cls) -> RunOwner:
+        """The run this process belongs to: inherited from :data:`OWNER_ENV`, else a new one (exported)."""
+        inherited = cls.decode(os.environ.get(OWNER_ENV, ""))
+        if inherited is not None:
+            return inherited
+        owner = cls(run_id=uuid.uuid4().hex, pid=os.getpid(), host=socket.gethostname())
+        os.environ[OWNER_ENV] = owner.encode()
+        return owner
+
+
+THIS_RUN = RunOwner.current()
+BENCH_LABELS: dict[str, str] = THIS_RUN.labels()
+#: The controller id the benchmarks give Taskbox, so its orphan search finds only this run's.
+CONTROLLER_ID = THIS_RUN.controller_id
 #: Name prefixes of peers' containers that cannot be labelled (epicbox names its own).
 PEER_NAME_PREFIXES = ("epicbox-",)
 #: A tag of the sandbox image for peers: a peer that deletes "its" image deletes only this tag.
@@ -292,22 +352,70 @@ def machine_info(client: docker.DockerClient) -> dict[str, JsonValue]:
     }
 
 
-def bench_containers(client: docker.DockerClient) -> list[dict[str, Any]]:
-    """Containers a benchmark started: labelled, of the bench controller, or named by a peer."""
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one we may not signal counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def removable(
+    labels: Mapping[str, str],
+    state: str,
+    *,
+    owner: RunOwner,
+    alive: Callable[[int], bool] = pid_alive,
+) -> bool:
+    """Whether the run ``owner`` may remove a container with these labels, in this state.
+
+    Its own containers (its run id, or its controller id), yes. Another run's only
+    when that run's process is gone, and only when it ran on this host (a pid of
+    another machine says nothing here). A bench container of unknown owner (the
+    old ``org.taskbox.bench=1``) only once it has stopped.
+    """
+    run = labels.get(BENCH_LABEL)
+    if run == owner.run_id or labels.get(LABEL_CONTROLLER) == owner.controller_id:
+        return True
+    if run is None:
+        return False
+    pid, host = labels.get(BENCH_PID_LABEL, ""), labels.get(BENCH_HOST_LABEL)
+    if not pid.isdigit() or host is None:
+        return state in STOPPED_STATES
+    return host == owner.host and not alive(int(pid))
+
+
+def bench_containers(
+    client: docker.DockerClient, *, owner: RunOwner | None = None, peers: bool = False
+) -> list[dict[str, Any]]:
+    """Containers ``owner`` (this run) may remove (:func:`removable`); with ``peers``, peers' too.
+
+    Peers' containers carry no label (epicbox names its own), so they are found by
+    name prefix, and only when asked: after B1, the one benchmark that runs peers.
+    """
+    owner = owner or THIS_RUN
     found: dict[str, dict[str, Any]] = {}
-    for labels in ([f"{BENCH_LABEL}=1"], [f"{LABEL_CONTROLLER}={CONTROLLER_ID}"]):
+    for labels in ([BENCH_LABEL], [f"{LABEL_CONTROLLER}={owner.controller_id}"]):
         for item in client.api.containers(all=True, filters={"label": labels}):
-            found[item["Id"]] = item
-    for prefix in PEER_NAME_PREFIXES:
+            if removable(item.get("Labels") or {}, str(item.get("State", "")), owner=owner):
+                found[item["Id"]] = item
+    for prefix in PEER_NAME_PREFIXES if peers else ():
         for item in client.api.containers(all=True, filters={"name": f"^/{prefix}"}):
             found[item["Id"]] = item
     return list(found.values())
 
 
-def remove_bench_containers(client: docker.DockerClient) -> list[str]:
+def remove_bench_containers(
+    client: docker.DockerClient, *, owner: RunOwner | None = None, peers: bool = False
+) -> list[str]:
     """Force-remove every container :func:`bench_containers` finds; returns their names."""
     removed: list[str] = []
-    for item in bench_containers(client):
+    for item in bench_containers(client, owner=owner, peers=peers):
         try:
             client.api.remove_container(item["Id"], force=True, v=True)
         except NotFound:
@@ -413,7 +521,7 @@ class BenchBackend(DockerBackend):
                 self.marks.mark(f"{container_phase(container)}/{name}")
 
     def create(self, spec: ContainerSpec) -> SandboxHandle:
-        """Create with ``org.taskbox.bench=1`` added to the spec's labels."""
+        """Create with this run's bench labels (:data:`BENCH_LABELS`) added to the spec's labels."""
         labelled = spec.model_copy(
             update={
                 "labels": {**spec.labels, **BENCH_LABELS},
@@ -474,9 +582,17 @@ class BenchBackend(DockerBackend):
 
 
 def container_phase(name: str) -> str:
-    """A task container's phase from its name: ``taskbox-<run>-judge-static`` -> ``judge-static``, else ``agent``."""
-    head, sep, tail = name.rpartition("-judge-")
-    return f"judge-{tail}" if sep and head else "agent"
+    """A task container's phase from its name: ``taskbox-<run>-judge`` -> ``judge``, else ``agent``.
+
+    An older judge ran in two containers (``-judge-static``, ``-judge-tests``); their
+    names still map to ``judge-static`` and ``judge-tests``.
+    """
+    head, sep, tail = name.rpartition("-judge")
+    if not (sep and head):
+        return "agent"
+    if not tail:
+        return "judge"
+    return f"judge{tail}" if tail.startswith("-") and len(tail) > 1 else "agent"
 
 
 class _MarkingLog:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,46 @@ logger = logging.getLogger("controller.api.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+class RequestIds:
+    """New request ids, each the hex of a random version-4 UUID (what ``uuid.uuid4().hex`` gives).
+
+    The random bytes come from ``os.urandom`` a block at a time: one system call per
+    256 ids rather than one per request. On a busy server a system call on the event
+    loop gives up the GIL, and getting it back from a worker thread costs more than
+    the call (issue 15). A forked child starts a block of its own, so no two
+    processes hand out the same ids.
+    """
+
+    BLOCK_BYTES = 4096
+
+    def __init__(self) -> None:
+        """Start empty: the first id reads the first block."""
+        self._lock = threading.Lock()
+        self._block = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._block = b""
+        self._at = 0
+
+    def new(self) -> str:
+        """The next id: 32 lower-case hex digits, a valid UUID4."""
+        with self._lock:
+            if self._at + 16 > len(self._block):
+                self._block = os.urandom(self.BLOCK_BYTES)
+                self._at = 0
+            raw = bytearray(self._block[self._at : self._at + 16])
+            self._at += 16
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+        return raw.hex()
+
+
+_request_ids = RequestIds()
+
+
 class RequestContextMiddleware:
     """Gives each request an id (``X-Request-ID``), caps its body, and logs it once."""
 
@@ -43,10 +84,17 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        # One pass over the headers (the server lower-cases names; the last one wins, as in a dict).
+        incoming = declared_length = b""
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":
+                incoming = value
+            elif name == b"content-length":
+                declared_length = value
+        text_id = incoming.decode("latin-1")
+        request_id = text_id if _REQUEST_ID.match(text_id) else _request_ids.new()
         scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
         started = time.perf_counter()
         status = 500  # what the log says if the app raises before answering
 
@@ -57,12 +105,12 @@ class RequestContextMiddleware:
                 raw = [
                     (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
                 ]
-                raw.append((b"x-request-id", request_id.encode()))
+                raw.append(id_header)
                 message = {**message, "headers": raw}
             await send(message)
 
         try:
-            declared = int(headers.get(b"content-length", b"0") or 0)
+            declared = int(declared_length or 0)
         except ValueError:
             declared = 0
         try:
@@ -72,16 +120,18 @@ class RequestContextMiddleware:
                 return
             await self.app(scope, self._capped(receive), send_with_id)
         finally:
-            logger.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "method": scope.get("method"),
-                    "path": scope.get("path"),
-                    "status": status,
-                    "ms": round((time.perf_counter() - started) * 1000, 1),
-                },
-            )
+            # The record (and its extra dict) is built only when someone will read it.
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "status": status,
+                        "ms": round((time.perf_counter() - started) * 1000, 1),
+                    },
+                )
 
     def _capped(self, receive: Receive) -> Receive:
         received = 0
@@ -127,9 +177,8 @@ class CookieAccess:
             path == self.prefix or path.startswith(self.prefix + "/")
         )
 
-    def cookie(self, headers: dict[bytes, bytes]) -> str | None:
-        """The raw value of the request's sign-in cookie, if it sent one."""
-        raw = headers.get(b"cookie")
+    def cookie(self, raw: bytes | None) -> str | None:
+        """The raw value of the sign-in cookie in the request's ``Cookie`` header, if it sent one."""
         if raw is None:
             return None
         return cookie_parser(raw.decode("latin-1")).get(self.cookie_name)
@@ -164,14 +213,21 @@ class BearerGate:
         if scope["type"] != "http" or scope.get("path") in self.public_paths:
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        # One pass over the headers (the last one of a name wins, as in a dict).
+        authorization = b""
+        cookie_header: bytes | None = None
+        for name, value in scope.get("headers") or ():
+            if name == b"authorization":
+                authorization = value
+            elif name == b"cookie":
+                cookie_header = value
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and token and self.tokens.authenticate(token) is not None:
             await self.app(scope, receive, send)
             return
         access = self.cookie_access
         if access is not None and access.covers(scope):
-            cookie = access.cookie(headers)
+            cookie = access.cookie(cookie_header)
             cookie_token = None if cookie is None else decode_cookie_token(cookie)
             if cookie_token is not None and self.tokens.authenticate(cookie_token) is not None:
                 await self.app(scope, receive, send)
