@@ -115,8 +115,16 @@ def _image_id(command: list[str]) -> str | None:
 
 
 def require_podman(image: str) -> Podman:
-    """A harness for the tests: skip with the reason when podman cannot run, or fail under TASKBOX_REQUIRE_PODMAN=1."""
+    """A harness for the tests: skip with the reason when podman cannot run, or fail under TASKBOX_REQUIRE_PODMAN=1.
+
+    As root, a missing or stale copy of the image (Docker's was rebuilt since setup) is
+    brought over once with scripts/ensure-podman, so the Pod runs what the engine would.
+    """
     reason = unavailable_reason(image)
+    if reason is not None and SETUP_HINT in reason and os.geteuid() == 0:
+        script = Path(__file__).resolve().parents[4] / "scripts" / "ensure-podman"
+        subprocess.run([str(script), image], check=False, timeout=600)
+        reason = unavailable_reason(image)
     if reason is not None:
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(f"{REQUIRE_ENV}=1 but {reason}")
