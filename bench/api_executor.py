@@ -3,7 +3,7 @@
 Set ``TASKBOX_EXECUTOR_MODULE=bench.api_executor``. It is ``controller.runs``'
 executor (a :class:`TaskRunner` on the Docker engine, the model the settings
 name) but on :class:`BenchBackend`, so every container carries
-``org.taskbox.bench=1`` and the controller id ``bench``: the bench samples their
+the suite run's bench labels and controller id (``bench.harness``): the bench samples their
 memory and its cleanup finds them, whatever happens to the server.
 """
 
