@@ -236,6 +236,7 @@ class CandidateJudge:
         sink: EventSink,
         cancel: threading.Event,
         controller_id: str,
+        hand_over: bool = True,
     ) -> None:
         self._backend = backend
         self._plan = plan
@@ -247,6 +248,8 @@ class CandidateJudge:
         self._sink = sink
         self._cancel = cancel
         self._controller_id = controller_id
+        # False where the engine gives the staged files to the sandbox uid itself (a Pod).
+        self._hand_over = hand_over
 
     def __call__(self, candidate: Candidate) -> Verdict:
         """Stage the candidate, run the judge's container, merge its two reports."""
@@ -277,6 +280,7 @@ class CandidateJudge:
                 fail_to_pass=fail_to_pass,
                 judge_config_json=config.model_dump_json(indent=2),
                 judge_key=key,
+                hand_over=self._hand_over,
             )
         except (OSError, SandboxError) as exc:
             # A tree the judge cannot lay out is not one to land.

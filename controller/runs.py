@@ -24,10 +24,11 @@ from controller.admission import Admission, admit
 from controller.errors import IngestionError, SandboxError, TaskboxError
 from controller.events import EventSink, RunEvent
 from controller.gateway import GatewayThread, GatewayUsage, ModelGateway, make_upstream
+from controller.gateway.serve import bind_tcp
 from controller.ingest import Candidate, CommitIdentity, ingest
 from controller.judge import CandidateJudge, JudgeRecord
 from controller.sandbox.backend import SandboxBackend, SandboxHandle, SandboxOutcome
-from controller.sandbox.engines import open_engine
+from controller.sandbox.engines import SandboxWiring, open_engine, sandbox_wiring
 from controller.sandbox.lifecycle import run_sandbox
 from controller.sandbox.spec import ContainerSpec, build_container_spec
 from controller.sandbox.task_sandbox import run_config_for
@@ -38,6 +39,7 @@ from taskbox_wire.contract import Task, TaskResult, TaskStatus, commit_subject
 from taskbox_wire.paths import BUNDLE_FILE, RESULT_FILE, RUNNER_COMMAND
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable
 
     from controller.image import ImageEngine
@@ -145,12 +147,16 @@ class TaskRunner:
         *,
         model: str = "anthropic",
         controller_id: str = "taskbox",
+        wiring: SandboxWiring | None = None,
     ) -> None:
+        """``wiring`` is how the engine's sandboxes reach their gateway and get their files;
+        by default the one ``settings.sandbox_backend`` names."""
         self._settings = settings
         self._backend = backend
         self._images = images
         self._model = model
         self._controller_id = controller_id
+        self._wiring = wiring if wiring is not None else sandbox_wiring(settings)
 
     @property
     def runs_dir(self) -> Path:
@@ -269,14 +275,7 @@ class TaskRunner:
         return result
 
     def _execute_admitted(self, run: _AdmittedRun) -> TaskResult:
-        record, meta, task, policy, plan, sink = (
-            run.record,
-            run.meta,
-            run.task,
-            run.policy,
-            run.plan,
-            run.sink,
-        )
+        record, meta, sink = run.record, run.meta, run.sink
         # Admission chose the image: the repository's dependency layer when one was built
         # (tasks run offline, so that is how its imports resolve), else the policy's.
         image = run.image
@@ -287,36 +286,13 @@ class TaskRunner:
         record.write_json("run.json", meta.model_dump(mode="json"))
 
         token = secrets.token_urlsafe(32)
-        config = run_config_for(task, plan, policy, meta.run_id, token)
-        staging = stage_run(
-            repo=run.repo,
-            plan=plan,
-            policy=policy,
-            root=record.stage,
-            run_config_json=config.dump_for_sandbox(),
-        )
-        record.write_json("run-config.json", config.model_dump(mode="json"))  # token redacted
-        sink(RunEvent(stage="staged", message=f"{len(plan.staged)} files staged"))
-
-        spec = build_container_spec(
-            policy=policy,
-            plan=plan,
-            staging=staging,
-            image=image_id,
-            run_id=meta.run_id,
-            command=run.command,
-            controller_id=self._controller_id,
-        )
-        gateway = ModelGateway(
-            upstream=make_upstream(meta.model, self._settings),
-            budget=policy.model,
-            token=token,
-            transcript=record.dir / "transcript.jsonl",
-        )
-        with GatewayThread(gateway, staging.gateway_socket()) as thread:
-            agent = self._run_sandbox(spec, record, sink, run.cancel, policy)
-            outcome = agent.outcome
-            usage = thread.usage
+        tcp = self._bind_gateway()
+        try:
+            agent, usage = self._agent_phase(run, image_id, token, tcp)
+        finally:
+            if tcp is not None:
+                tcp.close()  # harmless when the gateway already closed it
+        outcome = agent.outcome
         meta.usage = usage
         record.write_json("usage.json", usage.model_dump(mode="json"))
         sink(
@@ -343,6 +319,59 @@ class TaskRunner:
             # Each round needs at least one model request: a larger claim is not believed.
             result = result.model_copy(update={"rounds": None})
         return result
+
+    def _bind_gateway(self) -> socket.socket | None:
+        """This run's own TCP listener when the engine's sandboxes dial the gateway (a free port), else None."""
+        if self._wiring.gateway is None:
+            return None
+        # Port 0: every run its own port, so runs never share a listener and the run's
+        # NetworkPolicy opens exactly that port.
+        return bind_tcp(self._wiring.gateway.bind_host, 0)
+
+    def _agent_phase(
+        self, run: _AdmittedRun, image_id: str, token: str, tcp: socket.socket | None
+    ) -> tuple[_AgentPhase, GatewayUsage]:
+        """Stage, then run the agent's sandbox with its gateway serving; what it did and what it used."""
+        record, meta, policy, plan = run.record, run.meta, run.policy, run.plan
+        gateway_tcp = self._wiring.gateway
+        port = int(tcp.getsockname()[1]) if tcp is not None else None
+        # Set before staging: run.json (in the staged tree) is how the runner learns it.
+        gateway_url = gateway_tcp.url(port) if gateway_tcp is not None and port else None
+        config = run_config_for(run.task, plan, policy, meta.run_id, token, gateway_url=gateway_url)
+        staging = stage_run(
+            repo=run.repo,
+            plan=plan,
+            policy=policy,
+            root=record.stage,
+            run_config_json=config.dump_for_sandbox(),
+            gateway=tcp is None,
+            hand_over=self._wiring.hand_over,
+        )
+        record.write_json("run-config.json", config.model_dump(mode="json"))  # token redacted
+        run.sink(RunEvent(stage="staged", message=f"{len(plan.staged)} files staged"))
+
+        spec = build_container_spec(
+            policy=policy,
+            plan=plan,
+            staging=staging,
+            image=image_id,
+            run_id=meta.run_id,
+            command=run.command,
+            controller_id=self._controller_id,
+            gateway_port=port,
+        )
+        gateway = ModelGateway(
+            upstream=make_upstream(meta.model, self._settings),
+            budget=policy.model,
+            token=token,
+            transcript=record.dir / "transcript.jsonl",
+        )
+        # With TCP the gateway's Unix socket is mounted nowhere; it lives in the run's folder.
+        socket_path = staging.gateway_socket() if tcp is None else record.root / "gateway.sock"
+        with GatewayThread(gateway, socket_path, tcp=tcp) as thread:
+            agent = self._run_sandbox(spec, record, run.sink, run.cancel, policy)
+            usage = thread.usage
+        return agent, usage
 
     def _run_sandbox(
         self,
@@ -466,6 +495,7 @@ class TaskRunner:
             sink=run.sink,
             cancel=run.cancel,
             controller_id=self._controller_id,
+            hand_over=self._wiring.hand_over,
         )
 
         def judge(candidate: Candidate) -> Verdict:
@@ -578,7 +608,13 @@ def _commit_date(model_spec: str, now: datetime) -> datetime:
 def make_executor(settings: Settings) -> TaskRunner:
     """The executor ``taskbox serve`` runs tasks with, on the engine the settings name."""
     engine = open_engine(settings)
-    return TaskRunner(settings, engine.backend, engine.images, model=settings.model_upstream)
+    return TaskRunner(
+        settings,
+        engine.backend,
+        engine.images,
+        model=settings.model_upstream,
+        wiring=engine.wiring,
+    )
 
 
 def make_readiness_probes(settings: Settings) -> dict[str, Callable[[], None]]:

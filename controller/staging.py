@@ -2,7 +2,8 @@
 
 Files are read from git's object database (never a live checkout), written
 with ``O_NOFOLLOW|O_EXCL`` into folders this process just made, and the
-writable parts are handed to the sandbox uid.
+writable parts are handed to the sandbox uid (for Docker; a Pod's init container
+unpacks them as that uid itself).
 """
 
 from __future__ import annotations
@@ -40,11 +41,15 @@ def _hand_over(path: Path, uid: int, gid: int) -> None:
             os.chown(Path(parent, name), uid, gid, follow_symlinks=False)
 
 
-def _hand_over_writable(paths: StagingPaths, plan: MountPlan, policy: Policy) -> None:
-    """Give the owned paths and the out folder to the sandbox uid.
+def _hand_over_writable(
+    paths: StagingPaths, plan: MountPlan, policy: Policy, *, hand_over: bool
+) -> None:
+    """Give the owned paths and the out folder to the sandbox uid (when ``hand_over``).
 
     Owned paths that do not exist yet get an empty placeholder, since a bind mount needs
-    a source; the runner leaves placeholders out of its base commit.
+    a source; the runner leaves placeholders out of its base commit. Without
+    ``hand_over`` the files stay the controller's: the engine's own side makes them
+    the sandbox uid's (a Pod's init container unpacks them as that uid).
     """
     for entry in plan.read_write:
         target = paths.work / entry.path
@@ -52,33 +57,57 @@ def _hand_over_writable(paths: StagingPaths, plan: MountPlan, policy: Policy) ->
             target.mkdir(parents=True, exist_ok=True)
         elif not target.exists():
             _write_new_file(target, b"", 0o644)
-        _hand_over(target, policy.uid, policy.gid)
-    _hand_over(paths.out, policy.uid, policy.gid)
+        if hand_over:
+            _hand_over(target, policy.uid, policy.gid)
+    if hand_over:
+        _hand_over(paths.out, policy.uid, policy.gid)
+
+
+def _write_secret(path: Path, data: bytes, policy: Policy, *, hand_over: bool) -> None:
+    """A file only its owner may read: the sandbox uid when ``hand_over``, else (for now) the controller."""
+    _write_new_file(path, data, 0o400)
+    if hand_over:
+        os.chown(path, policy.uid, policy.gid, follow_symlinks=False)
 
 
 def stage_run(
-    *, repo: Path, plan: MountPlan, policy: Policy, root: Path, run_config_json: str
+    *,
+    repo: Path,
+    plan: MountPlan,
+    policy: Policy,
+    root: Path,
+    run_config_json: str,
+    gateway: bool = True,
+    hand_over: bool = True,
 ) -> StagingPaths:
-    """Create ``root`` and fill it for one run; raises SandboxError if it already exists."""
+    """Create ``root`` and fill it for one run; raises SandboxError if it already exists.
+
+    ``gateway`` False stages no gateway folder (the sandbox dials its gateway over TCP);
+    ``hand_over`` False leaves every file the controller's (no ``chown``, so no root
+    needed), for an engine whose own side gives them to the sandbox uid
+    (``controller.sandbox.engines.SandboxWiring``).
+    """
     paths = StagingPaths.under(root)
+    if not gateway:
+        paths = paths.model_copy(update={"gateway": None})
     try:
         root.mkdir(parents=True, exist_ok=False, mode=0o755)
     except FileExistsError as exc:
         raise SandboxError(f"staging folder {root} already exists") from exc
-    for folder in (paths.work, paths.out, paths.taskbox, paths.gateway_socket().parent):
+    for folder in (paths.work, paths.out, paths.taskbox):
         folder.mkdir(mode=0o755)
+    if paths.gateway is not None:
+        paths.gateway.mkdir(mode=0o755)
 
     blobs = read_blobs(repo, [f.oid for f in plan.staged])
     for staged in plan.staged:
         mode = 0o755 if staged.executable else 0o644
         _write_new_file(paths.work / staged.path, blobs[staged.oid], mode)
 
-    _hand_over_writable(paths, plan, policy)
+    _hand_over_writable(paths, plan, policy, hand_over=hand_over)
 
     # run.json carries the per-run gateway token: readable by the sandbox user only.
-    run_json = paths.taskbox / "run.json"
-    _write_new_file(run_json, run_config_json.encode(), 0o400)
-    os.chown(run_json, policy.uid, policy.gid, follow_symlinks=False)
+    _write_secret(paths.taskbox / "run.json", run_config_json.encode(), policy, hand_over=hand_over)
     log.debug("staged %d files for %s in %s", len(plan.staged), plan.task_key, root)
     return paths
 
@@ -121,6 +150,7 @@ def stage_judge(
     fail_to_pass: Tree,
     judge_config_json: str,
     judge_key: bytes,
+    hand_over: bool = True,
 ) -> StagingPaths:
     """Stage the judge's sandbox from objects the controller holds; raises SandboxError if ``root`` exists.
 
@@ -131,6 +161,7 @@ def stage_judge(
     no model. Nothing is ever read from the agent's staging folder. ``out/judge.key``
     holds ``judge_key`` (hex), readable by the sandbox user only: the judge reads and
     removes it before any model code runs, and seals its static report with it.
+    ``hand_over`` as for :func:`stage_run`.
     """
     paths = StagingPaths.under(root).model_copy(
         update={
@@ -148,10 +179,8 @@ def stage_judge(
     _write_tree(repo, root / "f2p", fail_to_pass)
     for folder in (paths.out, paths.taskbox):
         folder.mkdir(mode=0o755)
-    _hand_over_writable(paths, plan, policy)
-    key_file = paths.out / JUDGE_KEY_FILE
-    _write_new_file(key_file, judge_key.hex().encode(), 0o400)
-    os.chown(key_file, policy.uid, policy.gid, follow_symlinks=False)
+    _hand_over_writable(paths, plan, policy, hand_over=hand_over)
+    _write_secret(paths.out / JUDGE_KEY_FILE, judge_key.hex().encode(), policy, hand_over=hand_over)
     # No secret in the judge's config: world-readable, owned by the controller.
     _write_new_file(paths.taskbox / "judge.json", judge_config_json.encode(), 0o444)
     return paths

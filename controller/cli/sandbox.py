@@ -85,6 +85,7 @@ def run(  # noqa: PLR0917 - click passes every option as a parameter
             keep=keep,
             extra_labels=extra_labels,
             on_log=_echo_log,
+            wiring=engine.wiring,
         )
     except TaskboxError as exc:
         raise CliError(str(exc)) from exc

@@ -183,7 +183,8 @@ class Policy(_PolicyModel):
     ) = None
     """The Kubernetes RuntimeClass of the sandbox's Pod, e.g. ``gvisor`` or ``kata`` (a DNS-1123
     name); None runs the cluster's default runtime. Kubernetes preflight refuses a class the
-    cluster does not have. The Docker backend runs the engine's default runtime whatever this says."""
+    cluster does not have. The Docker backend refuses a
+    policy that names one (Docker has no RuntimeClass)."""
 
     @field_validator("deny")
     @classmethod

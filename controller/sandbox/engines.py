@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from controller.errors import SandboxError
 
@@ -21,6 +22,54 @@ if TYPE_CHECKING:
     from controller.image import ImageEngine
     from controller.sandbox.backend import SandboxBackend
     from controller.settings import Settings
+
+
+@dataclass(frozen=True)
+class TcpGateway:
+    """A run's gateway as a TCP endpoint: where it binds, and the host its sandbox dials."""
+
+    bind_host: str
+    """The address each run's listener binds (port 0: a free one per run)."""
+    sandbox_host: str
+    """The controller's address as the sandbox reaches it (an IP: the sandbox has no DNS)."""
+
+    def url(self, port: int) -> str:
+        """``http://HOST:PORT``, what ``RunConfig.gateway_url`` says to the runner."""
+        host = f"[{self.sandbox_host}]" if ":" in self.sandbox_host else self.sandbox_host
+        return f"http://{host}:{port}"
+
+
+@dataclass(frozen=True)
+class SandboxWiring:
+    """How the task runner connects a sandbox of this engine: its gateway and its files' owner."""
+
+    gateway: TcpGateway | None = None
+    """None: the gateway is a Unix socket in a bind-mounted folder (Docker). Else each
+    agent run binds its own TCP listener and the sandbox dials it (a Pod has no host mount)."""
+    hand_over: bool = True
+    """Staging gives the owned paths, ``/out`` and the run's secrets to the sandbox uid
+    (``chown``: the controller must be root). False where the sandbox's own side unpacks the
+    files as that uid (a Pod's init container), so a non-root controller can stage."""
+
+
+#: Docker's wiring: the socket is bind-mounted, the staged folders are the sandbox's own.
+DOCKER_WIRING = SandboxWiring()
+
+
+def sandbox_wiring(settings: Settings) -> SandboxWiring:
+    """The wiring of the engine ``settings.sandbox_backend`` names; pure (reads no cluster)."""
+    if settings.sandbox_backend == "docker":
+        return DOCKER_WIRING
+    if settings.sandbox_backend == "kubernetes":
+        from controller.sandbox.kubernetes.target import target_from_settings  # noqa: PLC0415
+
+        target = target_from_settings(settings)
+        host = urlsplit(target.exchange_url).hostname or ""
+        return SandboxWiring(
+            gateway=TcpGateway(bind_host=settings.kubernetes_exchange_host, sandbox_host=host),
+            hand_over=False,
+        )
+    raise SandboxError(f"unknown sandbox backend {settings.sandbox_backend!r}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +89,8 @@ class Engine:
     host checks; raises SandboxError when the engine does not answer."""
     close: Callable[[], None]
     """Release the engine connection."""
+    wiring: SandboxWiring = DOCKER_WIRING
+    """How the task runner connects this engine's sandboxes (``sandbox_wiring``)."""
 
 
 def open_engine(settings: Settings) -> Engine:
@@ -132,6 +183,7 @@ def _open_kubernetes(settings: Settings) -> Engine:
         ping=lambda: preflight.ping(http),
         facts=facts,
         close=close,
+        wiring=sandbox_wiring(settings),
     )
 
 

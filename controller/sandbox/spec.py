@@ -126,6 +126,11 @@ class ContainerSpec(BaseModel):
     ipc_mode: Literal["private"] = "private"
     log_max_bytes: int = Field(gt=0)
     wall_clock_seconds: int = Field(gt=0)
+    runtime_class: str | None = None
+    """The policy's RuntimeClass (gVisor, Kata) for a Pod; a backend that cannot honour it refuses the spec."""
+    gateway_port: int | None = Field(default=None, gt=0, lt=65536)
+    """The TCP port of this run's own gateway listener (the Kubernetes path); the one port the
+    agent's NetworkPolicy opens to it. None: the gateway is the mounted socket (Docker ignores it)."""
 
 
 class StagingPaths(BaseModel):
@@ -171,13 +176,17 @@ def build_container_spec(
     controller_id: str = "taskbox",
     phase: str = PHASE_AGENT,
     owned_writable: bool = True,
+    gateway_port: int | None = None,
 ) -> ContainerSpec:
     """The hardened settings of one sandbox: the plan's mounts and the policy's limits, nothing else.
 
     ``phase`` names the container (``taskbox-<run id>`` for the agent,
     ``taskbox-<run id>-<phase>`` for the judge's) and labels it; ``owned_writable``
-    False mounts the owned paths read-only too (the judge's static phase writes nothing).
+    False mounts the owned paths read-only too. ``gateway_port`` is the run's own gateway
+    port where the gateway is a TCP endpoint (Kubernetes); the judge never gets one.
     """
+    if gateway_port is not None and phase != PHASE_AGENT:
+        raise ValueError(f"the {phase} sandbox has no gateway, so no gateway port")
     limits = policy.limits
     # The whole staged tree is read-only; each owned path is mounted writable on top of it.
     # Only planned files were staged, so nothing else of the repository exists inside.
@@ -234,4 +243,6 @@ def build_container_spec(
         ],
         log_max_bytes=limits.log_max_mb * MIB,
         wall_clock_seconds=limits.wall_clock_seconds,
+        runtime_class=policy.runtime_class,
+        gateway_port=gateway_port,
     )

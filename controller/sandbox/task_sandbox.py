@@ -19,6 +19,7 @@ from controller.errors import InvalidTaskError
 from controller.gitrepo import MODE_EXECUTABLE
 from controller.policy.planner import MountPlan
 from controller.sandbox.backend import SandboxRun
+from controller.sandbox.engines import DOCKER_WIRING, SandboxWiring
 from controller.sandbox.lifecycle import run_sandbox
 from controller.sandbox.spec import build_container_spec
 from controller.staging import remove_staging, stage_run
@@ -59,9 +60,19 @@ RUNNER_FINISH_MARGIN_SECONDS = 30
 
 
 def run_config_for(
-    task: Task, plan: MountPlan, policy: Policy, run_id: str, token: str | None = None
+    task: Task,
+    plan: MountPlan,
+    policy: Policy,
+    run_id: str,
+    token: str | None = None,
+    *,
+    gateway_url: str | None = None,
 ) -> RunConfig:
-    """The RunConfig a run of ``task`` under ``plan`` gets; a fresh random gateway token by default."""
+    """The RunConfig a run of ``task`` under ``plan`` gets; a fresh random gateway token by default.
+
+    ``gateway_url`` (``http://HOST:PORT``) is where the runner dials its gateway when it is
+    a TCP endpoint (Kubernetes); None: the mounted socket.
+    """
     dirs = [e.path + "/" for e in plan.read_only if e.kind == "dir"]
     files = [e.path for e in plan.read_only if e.kind == "file"]
     deadline = policy.limits.wall_clock_seconds
@@ -83,6 +94,7 @@ def run_config_for(
             wall_clock_seconds=max(deadline - RUNNER_FINISH_MARGIN_SECONDS, deadline // 2),
         ),
         gateway_token=SecretStr(token or secrets.token_urlsafe(32)),
+        gateway_url=gateway_url,
     )
 
 
@@ -102,12 +114,15 @@ def run_in_task_sandbox(
     collect: Mapping[str, int] | None = None,
     on_log: Callable[[str], None] | None = None,
     controller_id: str = "cli",
+    wiring: SandboxWiring = DOCKER_WIRING,
 ) -> TaskSandboxRun:
     """Run ``command`` in the sandbox ``task`` would get; the container is removed in every case.
 
     The image is the repository's dependency image when one was built for its
     declarations (``images`` given), else the policy's. The staging folder goes
-    too unless ``keep``. Raises InvalidTaskError, RepositoryError, PolicyError,
+    too unless ``keep``. ``wiring`` is the engine's (``Engine.wiring``): with a TCP
+    gateway no socket folder is staged, and without hand-over nothing is chowned.
+    Raises InvalidTaskError, RepositoryError, PolicyError,
     ImageNotFoundError or SandboxError; a failing, killed or timed-out command
     is not an error: see ``run.outcome``.
     """
@@ -135,6 +150,8 @@ def run_in_task_sandbox(
             policy=policy,
             root=root / "stage",
             run_config_json=config.dump_for_sandbox(),
+            gateway=wiring.gateway is None,
+            hand_over=wiring.hand_over,
         )
         spec = build_container_spec(
             policy=policy,

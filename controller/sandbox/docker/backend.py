@@ -67,7 +67,18 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     ``network_disabled`` rather than ``network_mode="none"``: inside, both leave only
     ``lo``, but the engine then skips building a network sandbox (faster start).
     No ports, devices, extra capabilities or host namespaces are ever passed.
+
+    Raises SandboxError for a spec that names a RuntimeClass: Docker has none, and
+    running the engine's default runtime instead would quietly give the sandbox less
+    isolation than its policy asks for. (``gateway_port`` is ignored: a Docker sandbox
+    reaches its gateway through the mounted socket.)
     """
+    if spec.runtime_class is not None:
+        raise SandboxError(
+            f"{spec.name}: the policy asks for the RuntimeClass {spec.runtime_class!r}, which "
+            "only the Kubernetes backend provides; Docker runs the engine's default runtime "
+            "(set it in daemon.json, see SECURITY.md) and has no per-sandbox RuntimeClass"
+        )
     return {
         "image": spec.image,
         "command": list(spec.command),

@@ -667,7 +667,8 @@ class KubernetesBackend:
                     run_id=run_id,
                     phase=phase,
                     exchange_token=tokens.fetch_in,
-                    runtime_class=self._runtime_class,
+                    # The policy's RuntimeClass wins over the controller-wide one.
+                    runtime_class=spec.runtime_class or self._runtime_class,
                 )
             except ValueError as exc:
                 raise SandboxError(f"{spec.name} cannot be a Pod: {exc}") from exc

@@ -84,6 +84,10 @@ SPEC_FIELDS: dict[str, str] = {
     "log_max_bytes": "no field: the kubelet's containerLogMaxSize; counted in ephemeral-storage",
     "wall_clock_seconds": "activeDeadlineSeconds (+ target.deadline_grace_seconds); the "
     "controller enforces the exact deadline itself",
+    "runtime_class": "runtimeClassName (the policy's; else the controller's "
+    "TASKBOX_KUBERNETES_RUNTIME_CLASS; else the cluster's default runtime)",
+    "gateway_port": "the agent's NetworkPolicy egress port to the gateway: the run's own TCP "
+    "listener (else target.gateway_port); the judge's policy has none",
 }
 
 """The main container's resource limits as JSON, ``{"nofile": [soft, hard], ...}``: Kubernetes
@@ -435,11 +439,21 @@ def build_network_policy(
 ) -> dict[str, Any]:
     """The NetworkPolicy of one sandbox's Pod: no ingress; egress to the controller's exchange only,
     and for the agent also to its gateway (the judge has no route to the gateway at all).
+
+    The agent's gateway port is the spec's (the run's own listener) when it has one, else
+    the target's. Raises ValueError for a judge spec with a gateway port, or a gateway port
+    equal to the exchange's.
     """
     _check_phase(spec, phase)
+    if spec.gateway_port is not None and phase != PHASE_AGENT:
+        raise ValueError(f"the {phase} sandbox has no route to a gateway, so no gateway port")
+    gateway_port = spec.gateway_port if spec.gateway_port is not None else target.gateway_port
+    if gateway_port == target.exchange_port:
+        # One port for both would open the gateway to the judge's Pod (issue 13, item 7).
+        raise ValueError(f"the gateway port {gateway_port} is the exchange's port")
     ports = [{"protocol": "TCP", "port": target.exchange_port}]
     if phase == PHASE_AGENT:
-        ports.append({"protocol": "TCP", "port": target.gateway_port})
+        ports.append({"protocol": "TCP", "port": gateway_port})
     egress: list[dict[str, Any]] = [{"to": _controller_peers(target), "ports": ports}]
     if target.dns is not None:
         egress.append(

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 from docker.types import LogConfig, Mount, Ulimit
 
+from controller.errors import SandboxError
 from controller.policy.planner import MountEntry, MountPlan, Role
 from controller.policy.schema import Policy
-from controller.sandbox.docker import create_kwargs
+from controller.sandbox.docker import DockerBackend, create_kwargs
 from controller.sandbox.spec import ContainerSpec, StagingPaths, build_container_spec
+from controller.settings import Settings
 
 MIB = 1024 * 1024
 
@@ -198,3 +200,43 @@ def test_create_kwargs_are_exactly_the_hardened_settings(spec: ContainerSpec) ->
         "userns_mode",
     }
     assert forbidden.isdisjoint(create_kwargs(spec))
+
+
+def test_the_runtime_class_comes_from_the_policy_and_the_gateway_port_from_the_caller(
+    policy: Policy, spec: ContainerSpec
+) -> None:
+    """runtime_class is the policy's (None when it names none); gateway_port is only what the run passes."""
+    assert spec.runtime_class is None
+    assert spec.gateway_port is None
+    plan = MountPlan(task_key="BE-1", base_commit="0" * 40, policy="unit", policy_digest="sha256:a")
+    gvisor = build_container_spec(
+        policy=policy.model_copy(update={"runtime_class": "gvisor"}),
+        plan=plan,
+        staging=StagingPaths.under(Path("/stage/r2")),
+        image="taskbox-sandbox:latest",
+        run_id="r2",
+        command=["true"],
+        gateway_port=40123,
+    )
+    assert gvisor.runtime_class == "gvisor"
+    assert gvisor.gateway_port == 40123
+
+
+def test_docker_refuses_a_runtime_class_and_ignores_the_gateway_port(spec: ContainerSpec) -> None:
+    """Docker has no RuntimeClass: a spec naming one is refused by name, never run on the default runtime."""
+    with pytest.raises(SandboxError, match="'gvisor'"):
+        create_kwargs(spec.model_copy(update={"runtime_class": "gvisor"}))
+    # The TCP gateway port changes nothing for Docker: the socket mount is its gateway.
+    assert create_kwargs(spec.model_copy(update={"gateway_port": 40123})) == create_kwargs(spec)
+
+
+@pytest.mark.docker
+def test_the_docker_backend_refuses_a_runtime_class_before_the_engine_sees_it(
+    spec: ContainerSpec,
+) -> None:
+    """DockerBackend.create of a spec naming a RuntimeClass raises, naming the class, and creates nothing."""
+    backend = DockerBackend.from_settings(Settings())
+    named = spec.model_copy(update={"runtime_class": "kata", "name": "taskbox-rc-refused"})
+    with pytest.raises(SandboxError, match="'kata'"):
+        backend.create(named)
+    assert not backend.client.containers.list(all=True, filters={"name": "taskbox-rc-refused"})

@@ -10,17 +10,23 @@ import gzip
 import io
 import json
 import os
+import secrets
 import socket
+import stat
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx2
 import pytest
+from taskbox_runner.podio import stage_in
 
 from controller.errors import ImageNotFoundError, SandboxError
 from controller.hostcheck import Level
+from controller.judge import CandidateJudge, JudgeRecord
 from controller.preflight import check_backend_settings
 from controller.sandbox import conformance
 from controller.sandbox.backend import EXIT_SIGKILL, MANDATORY_SETTINGS, missing_mandatory
@@ -36,10 +42,19 @@ from controller.sandbox.kubernetes.client import kube_client, raw_client
 from controller.sandbox.kubernetes.exchange import Exchange, ExchangeServer
 from controller.sandbox.kubernetes.target import KubernetesTarget
 from controller.sandbox.lifecycle import run_sandbox
-from controller.sandbox.spec import LABEL_CONTROLLER, LABEL_MANAGED, LABEL_RUN, BindMount
+from controller.sandbox.spec import (
+    LABEL_CONTROLLER,
+    LABEL_MANAGED,
+    LABEL_PHASE,
+    LABEL_RUN,
+    PHASE_JUDGE,
+    BindMount,
+)
 from controller.settings import Settings
-from taskbox_wire.paths import GATEWAY_DIR
-from tests.conftest import git
+from controller.verdict import Verdict
+from taskbox_wire.paths import GATEWAY_DIR, JUDGE_KEY_FILE, JUDGE_TESTS_REPORT
+from taskbox_wire.pod import ENV_EXCHANGE_TOKEN, ENV_EXCHANGE_URL, EXCHANGE_OUT
+from tests.conftest import RepoFactory, git
 from tests.controller.sandbox.conftest import REPO_FILES, TEST_LABEL, make_task
 from tests.controller.sandbox.kubernetes.fake_api import (
     API_TOKEN,
@@ -51,6 +66,8 @@ from tests.controller.sandbox.kubernetes.fake_api import (
     make_app,
     serve,
 )
+from tests.controller.test_judge import World, sealed
+from tests.controller.test_judge import report as judge_report
 
 NAMESPACE = "taskbox"
 KNOWN_IMAGE = "taskbox-sandbox:latest"
@@ -745,3 +762,149 @@ def test_open_engine_kubernetes(tmp_path: Path, scene: Scene) -> None:
             engine.close()
             cluster.join()
     assert not cluster.errors, cluster.errors
+
+
+# --------------------------------------------------------------------------- wiring: RuntimeClass
+
+
+def test_the_policys_runtime_class_wins_over_the_controllers(rig: Rig, scene: Scene) -> None:
+    """A spec naming a RuntimeClass gets it on its Pod; a spec naming none gets the controller-wide one."""
+    created: list[dict[str, Any]] = []
+    rig.cluster.handler = playing(lambda pod: pod.exit(0))
+    backend = KubernetesBackend(
+        rig.backend._client,
+        rig.backend._target,
+        rig.exchange,
+        log_http=rig.backend._http,
+        runtime_class="kata",
+        poll_seconds=0.05,
+        delete_wait_seconds=2,
+    )
+    gvisor = scene.spec(["true"], scenario="rc-policy").model_copy(
+        update={"runtime_class": "gvisor"}
+    )
+    run_sandbox(backend, gvisor, on_created=created.append)
+    run_sandbox(backend, scene.spec(["true"], scenario="rc-none"), on_created=created.append)
+    classes = [pod["spec"].get("runtimeClassName") for pod in created]
+    assert classes == ["gvisor", "kata"]
+
+
+# --------------------------------------------------------------------------- wiring: the judge's Pod
+
+
+@dataclass
+class JudgePodSeen:
+    """What the fake kubelet found in the judge's Pod after podio's stage-in."""
+
+    key_mode: int | None = None
+    key_owner: int | None = None
+    had_gateway_port: bool = True
+
+
+def judge_kubelet(
+    stage: Path, seen: JudgePodSeen, *, forge: bool = False
+) -> Callable[[FakePod], None]:
+    """The judge's Pod: stage in with podio, take the key, seal the static report, send tests.json.
+
+    ``forge``: the Pod never got the key (or throws it away) and seals with one of its own.
+    """
+
+    def play(pod: FakePod) -> None:
+        env = pod.init_env()
+        stage.mkdir()
+        stage_in(env[ENV_EXCHANGE_URL], env[ENV_EXCHANGE_TOKEN], stage)
+        pod.run()
+        key_file = stage / "out" / JUDGE_KEY_FILE
+        st = key_file.stat()
+        seen.key_mode, seen.key_owner = stat.S_IMODE(st.st_mode), st.st_uid
+        key = bytes.fromhex(key_file.read_text())
+        key_file.unlink()  # as the in-sandbox judge does, before any model code
+        if forge:
+            key = secrets.token_bytes(32)
+        pod.print("INFO taskbox_runner.verify.harness: verifying /work\n")
+        pod.print(sealed(judge_report(), key))
+        note = json.loads((stage / "taskbox" / "exchange.json").read_text())
+        sent = httpx2.put(
+            f"{note['url']}/{EXCHANGE_OUT}",
+            content=out_tar(regular(JUDGE_TESTS_REPORT, judge_report())),
+            headers={"Authorization": f"Bearer {note['token']}"},
+            timeout=30,
+        )
+        assert sent.status_code == 204
+        pod.exit(0)
+
+    def handler(pod: FakePod) -> None:
+        try:
+            play(pod)
+        except Exception:
+            pod.exit(125)  # ends the Pod now, not at the policy's deadline
+            raise
+
+    return handler
+
+
+def _judge_on(rig: Rig, world: World) -> Verdict:
+    return CandidateJudge(
+        backend=rig.backend,
+        plan=world.plan,
+        policy=world.policy,
+        image=KNOWN_IMAGE,
+        run_id="BE-7-run",
+        stage_root=world.stage,
+        record=JudgeRecord(folder=world.folder, write_json=world.records.__setitem__),
+        sink=lambda _event: None,
+        cancel=threading.Event(),
+        controller_id="test",
+        hand_over=False,
+    )(world.candidate)
+
+
+def test_the_judges_pod_gets_its_key_and_its_sealed_report_is_read(
+    rig: Rig, make_repo: RepoFactory, tmp_path: Path
+) -> None:
+    """/out/judge.key reaches the judge's Pod (0600, the unpacking uid's), the sealed line streams to the reader, tests.json comes back: the verdict passes."""
+    world = World(make_repo, tmp_path)
+    seen = JudgePodSeen()
+    rig.cluster.handler = judge_kubelet(tmp_path / "pod-stage", seen)
+    verdict = _judge_on(rig, world)
+    assert seen.key_mode == 0o600
+    assert seen.key_owner == os.getuid()  # podio's uid: 10001 in a real Pod
+    assert verdict.status == "succeeded", verdict.reason
+    assert "judge-static.json" in world.records
+    assert "judge-tests.json" in world.records
+    # Staged without hand-over: nothing was given to the sandbox uid on the host.
+    policies = [r for r in rig.cluster.requests if r[0] == "POST" and "networkpolicies" in r[1]]
+    assert len(policies) == 1
+
+
+def test_a_judge_pod_without_the_key_fails_closed(
+    rig: Rig, make_repo: RepoFactory, tmp_path: Path
+) -> None:
+    """A judge Pod that seals with any key but the controller's gets no verdict: failed, whatever its tests say."""
+    world = World(make_repo, tmp_path)
+    rig.cluster.handler = judge_kubelet(tmp_path / "pod-stage", JudgePodSeen(), forge=True)
+    verdict = _judge_on(rig, world)
+    assert verdict.status == "failed"
+    assert "static report is missing or unusable" in (verdict.reason or "")
+    assert "judge-tests.json" not in world.records
+
+
+def test_the_judges_network_policy_has_no_gateway_port(rig: Rig, scene: Scene) -> None:
+    """The judge's Pod is created with a policy that opens the exchange's port alone."""
+    judge = scene.spec(["true"], scenario="judge-policy")
+    judge = judge.model_copy(
+        update={"labels": {**judge.labels, LABEL_PHASE: PHASE_JUDGE}, "name": judge.name + "-j"}
+    )
+    seen_ports: list[int] = []
+
+    def handler(pod: FakePod) -> None:
+        with rig.cluster.lock:
+            policy = next(iter(rig.cluster.objects[POLICIES].values()))
+        seen_ports.extend(p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"])
+        pod.stage_in()
+        pod.run()
+        pod.exit(0)
+
+    rig.cluster.handler = handler
+    run_sandbox(rig.backend, judge)
+    assert seen_ports == [rig.backend._target.exchange_port]

@@ -477,6 +477,38 @@ def test_the_judge_has_no_route_to_the_gateway() -> None:
     assert policy["spec"]["ingress"] == []
 
 
+def test_the_agent_opens_its_own_runs_gateway_port_only() -> None:
+    """A spec with the run's gateway port: the agent's policy opens that port, not the controller-wide one."""
+    target = KubernetesTarget(exchange_port=7001, gateway_port=7002)
+    spec = spec_for(unit_policy(), PHASE_AGENT).model_copy(update={"gateway_port": 41234})
+    policy = m.build_network_policy(spec, target, phase=PHASE_AGENT)
+    ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]]
+    assert ports == [7001, 41234]
+    assert kubernetes_validate.validate(policy, K8S_VERSION, strict=True) == K8S_VERSION
+
+
+def test_a_gateway_port_never_reaches_the_judge_or_the_exchange_port() -> None:
+    """A judge spec with a gateway port, or a gateway port equal to the exchange's, is refused, not built."""
+    target = KubernetesTarget(exchange_port=7001, gateway_port=7002)
+    judge = spec_for(unit_policy(), PHASE_JUDGE).model_copy(update={"gateway_port": 41234})
+    with pytest.raises(ValueError, match="no route to a gateway"):
+        m.build_network_policy(judge, target, phase=PHASE_JUDGE)
+    clash = spec_for(unit_policy(), PHASE_AGENT).model_copy(update={"gateway_port": 7001})
+    with pytest.raises(ValueError, match="exchange's port"):
+        m.build_network_policy(clash, target, phase=PHASE_AGENT)
+    with pytest.raises(ValueError, match="no gateway"):
+        build_container_spec(
+            policy=unit_policy(),
+            plan=plan_for(unit_policy()),
+            staging=StagingPaths.under(Path("/runs/x/stage")),
+            image="taskbox-sandbox:latest",
+            run_id=RUN_ID,
+            command=judge_command(),
+            phase=PHASE_JUDGE,
+            gateway_port=41234,
+        )
+
+
 def test_dns_and_outside_controllers_only_when_configured() -> None:
     """A named exchange host needs DNS egress (to kube-dns only); CIDRs add ipBlock peers."""
     target = KubernetesTarget(
