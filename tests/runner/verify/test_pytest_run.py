@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import coverage
 import pytest
+from taskbox_runner.verify import pytest_run
+from taskbox_runner.verify.process import harness_env
 from taskbox_runner.verify.pytest_run import (
     PytestRun,
     base_pytest_settings,
+    coverage_core,
     installed_plugins,
     read_junit,
     run_pytest,
     write_harness_ini,
+    write_harness_rcfile,
 )
 
 from tests.runner.verify.conftest import Stage, Staged
@@ -82,3 +88,39 @@ def test_a_pytest_module_in_the_repository_cannot_stand_in_for_pytest(stage: Sta
     assert run.junit is not None
     assert run.junit.tests == 5
     assert run.coverage is not None
+
+
+@pytest.mark.parametrize(
+    ("version", "core"),
+    [((3, 11, 7), None), ((3, 12, 1), "sysmon"), ((3, 13, 0), "sysmon"), ((3, 14, 2), "sysmon")],
+)
+def test_coverage_core_is_sysmon_from_python_3_12(
+    version: tuple[int, ...], core: str | None
+) -> None:
+    """The harness asks for sys.monitoring exactly where Python has it (3.12 on), else the default."""
+    assert coverage_core(version) == core
+
+
+@pytest.mark.parametrize("core", [None, "sysmon"])
+def test_coverage_reads_the_harness_core_from_its_rcfile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, core: str | None
+) -> None:
+    """The rcfile's ``[run] core`` is what coverage itself loads, and the environment cannot change it."""
+    monkeypatch.setattr(pytest_run, "coverage_core", lambda: core)
+    monkeypatch.delenv("COVERAGE_CORE", raising=False)
+    rcfile = tmp_path / "harness-coveragerc"
+    write_harness_rcfile(rcfile, tmp_path / ".coverage", [str(tmp_path / "app.py")])
+    config = coverage.Coverage(config_file=str(rcfile)).config
+    assert config.core == core
+    assert config.branch is False
+    # The pytest run's environment never carries COVERAGE_CORE (harness_env drops COVERAGE_*).
+    monkeypatch.setenv("COVERAGE_CORE", "pytrace")
+    assert "COVERAGE_CORE" not in harness_env({})
+
+
+def test_this_interpreter_gets_its_core_in_the_rcfile(tmp_path: Path) -> None:
+    """On this interpreter the rcfile names sysmon from 3.12 and no core before (3.11's coverage has none)."""
+    rcfile = tmp_path / "harness-coveragerc"
+    write_harness_rcfile(rcfile, tmp_path / ".coverage", [])
+    text = rcfile.read_text(encoding="utf-8")
+    assert ("core = sysmon" in text) == (sys.version_info >= (3, 12))

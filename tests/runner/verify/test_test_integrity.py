@@ -305,6 +305,14 @@ def test_wrong() -> None:
 
 EVASIONS = [
     ("tests/test_exit.py", REWRITE_AT_EXIT, 1),
+    # Coverage measures through sys.monitoring on 3.12+: switching its events off hides lines.
+    (
+        "tests/test_monitor.py",
+        "import sys\n\n\ndef test_x() -> None:\n    sys.monitoring.set_events(1, 0)\n",
+        5,
+    ),
+    ("tests/conftest.py", "from sys import monitoring\n\nmonitoring.free_tool_id(1)\n", 1),
+    ("app/quiet.py", "import sys\n\nMON = sys.monitoring\n", 3),
     ("app/loader.py", "def run(code: str) -> None:\n    exec(code)\n", 2),
     ("app/native.py", "import ctypes\n", 1),
     ("tests/test_fork.py", "import os\n\n\ndef test_x() -> None:\n    os.fork()\n", 5),

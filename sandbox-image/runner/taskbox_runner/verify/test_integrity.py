@@ -129,6 +129,12 @@ _EVASION_CALLS = frozenset(
         "gc.get_referrers",
     }
 )
+#: Coverage measures through ``sys.monitoring`` on Python 3.12+ (the harness's ``core = sysmon``),
+#: as it did through ``sys.settrace`` before: any reach into it is refused like ``sys.settrace``.
+_MONITORING = "sys.monitoring"
+_MONITORING_MESSAGE = (
+    "reaches sys.monitoring, through which coverage measures: code that can change what is measured"
+)
 #: Modules whose mere import gives that reach (native code, exit handlers).
 _EVASION_MODULES = frozenset({"ctypes", "atexit", "_ctypes", "cffi"})
 #: Names and attributes that only tests have no business with (dynamic lookups hide what they reach).
@@ -157,17 +163,9 @@ def scan_evasions(space: Workspace) -> list[Finding]:
 def _evasion_lines(tree: ast.Module, *, test_file: bool) -> Iterator[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom):
-            modules = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-            )
-            for module in modules:
-                if module.split(".")[0] in _EVASION_MODULES:
-                    yield (
-                        node.lineno,
-                        f"imports {module}: code that can act outside the test session",
-                    )
+            yield from _import_evasions(node)
+        elif isinstance(node, ast.Attribute) and dotted_name(node) == _MONITORING:
+            yield node.lineno, _MONITORING_MESSAGE
         elif isinstance(node, ast.Call):
             name = dotted_name(node.func)
             if name in _EVASION_CALLS or (keyword_detaches(node) and name.startswith("subprocess")):
@@ -180,6 +178,20 @@ def _evasion_lines(tree: ast.Module, *, test_file: bool) -> Iterator[tuple[int, 
                     node.lineno,
                     f"calls {name} with a computed name in a test: what it reaches cannot be read",
                 )
+
+
+def _import_evasions(node: ast.Import | ast.ImportFrom) -> Iterator[tuple[int, str]]:
+    modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+    for module in modules:
+        if module.split(".")[0] in _EVASION_MODULES:
+            yield node.lineno, f"imports {module}: code that can act outside the test session"
+    parent, name = _MONITORING.rsplit(".", 1)
+    if (
+        isinstance(node, ast.ImportFrom)
+        and node.module == parent
+        and any(a.name == name for a in node.names)
+    ):
+        yield node.lineno, _MONITORING_MESSAGE
 
 
 def keyword_detaches(node: ast.Call) -> bool:
