@@ -1,25 +1,94 @@
-"""Reading a stopped sandbox's output files as checked bytes: never a link, never past a cap.
+"""A sandbox's output: its log as it streams (capped, a tail kept), and its files as checked bytes.
 
-Backend-neutral: any engine whose out folder is a host folder (Docker's bind mount,
-the fake engine's folder) reads it with :func:`read_output_files`.
+Backend-neutral. Every engine's log reader feeds a :class:`CappedLog`; any engine
+whose out folder is a host folder (Docker's bind mount, the fake engine's folder)
+reads its files with :func:`read_output_files`.
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import stat
+import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from controller.errors import SandboxError
-from controller.sandbox.backend import CollectedOutput
+from controller.sandbox.backend import LOG_TAIL_BYTES, CollectedOutput
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+class CappedLog:
+    """A sandbox's log as it streams: forwarded to a callback up to a cap, its last 64 KiB kept.
+
+    A backend's reader thread starts before the callback is known (output is read
+    from the moment the sandbox starts, so nothing is lost and the sandbox never
+    blocks on a full pipe) and calls :meth:`feed` with each chunk; what arrives
+    before :meth:`set_callback` is held (within the cap) and handed over then.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._on_log: Callable[[str], None] | None = None
+        self._pending: list[str] = []
+        self._callback_lock = threading.Lock()
+        # Incremental: a UTF-8 character split across two chunks still decodes whole.
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._tail: deque[bytes] = deque()
+        self._tail_size = 0
+        self.forwarded = 0
+        """Bytes handed to the callback (or held for it) so far."""
+        self.truncated = False
+        """The log went past the cap: the callback saw only the first part."""
+
+    def set_callback(self, on_log: Callable[[str], None] | None) -> None:
+        """Hand over what was held, then forward every later chunk to ``on_log``."""
+        with self._callback_lock:
+            self._on_log = on_log
+            pending, self._pending = self._pending, []
+        if on_log is not None:
+            for text in pending:
+                on_log(text)
+
+    def tail(self) -> str:
+        """The last 64 KiB of the whole log (past the cap too), decoded with replacement."""
+        return b"".join(self._tail)[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
+
+    def feed(self, chunk: bytes) -> None:
+        """One chunk of the stream, in order."""
+        self._keep(chunk)
+        self._forward(chunk)
+
+    def _keep(self, chunk: bytes) -> None:
+        self._tail.append(chunk)
+        self._tail_size += len(chunk)
+        while self._tail_size - len(self._tail[0]) >= LOG_TAIL_BYTES:
+            self._tail_size -= len(self._tail.popleft())
+
+    def _forward(self, chunk: bytes) -> None:
+        room = self._cap - self.forwarded
+        if room <= 0:
+            self.truncated = True
+            return
+        if len(chunk) > room:
+            chunk = chunk[:room]
+            self.truncated = True
+        self.forwarded += len(chunk)
+        text = self._decoder.decode(chunk)
+        with self._callback_lock:
+            on_log = self._on_log
+            if on_log is None:
+                self._pending.append(text)
+        if on_log is not None and text:
+            on_log(text)
 
 
 @dataclass(frozen=True, slots=True)

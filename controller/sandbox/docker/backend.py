@@ -6,11 +6,9 @@ the deadline, stream capped logs, collect output without following links, remove
 
 from __future__ import annotations
 
-import codecs
 import logging
 import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -21,14 +19,13 @@ from docker.types import Ulimit as DockerUlimit
 from controller.errors import ImageNotFoundError, SandboxError
 from controller.sandbox.backend import (
     EXIT_SIGKILL,
-    LOG_TAIL_BYTES,
     MANDATORY_SETTINGS,
     CollectedOutput,
     OrphanContainer,
     SandboxHandle,
     SandboxOutcome,
 )
-from controller.sandbox.output import read_output_files
+from controller.sandbox.output import CappedLog, read_output_files
 from controller.sandbox.spec import (
     LABEL_CONTROLLER,
     LABEL_MANAGED,
@@ -120,27 +117,12 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     }
 
 
-class _LogPump:
-    """Reads a container's output in a thread: forwards up to a cap, keeps a tail.
-
-    It starts before the callback is known (output is read from the moment the
-    container starts, so nothing is lost and the container never blocks on a full
-    pipe); what arrives meanwhile is held (within the cap) and handed over by
-    :meth:`set_callback`.
-    """
+class _LogPump(CappedLog):
+    """Reads a container's output in a thread into a :class:`CappedLog`."""
 
     def __init__(self, chunks: Iterator[bytes], cap: int) -> None:
+        super().__init__(cap)
         self._chunks = chunks
-        self._cap = cap
-        self._on_log: Callable[[str], None] | None = None
-        self._pending: list[str] = []
-        self._callback_lock = threading.Lock()
-        # Incremental: a UTF-8 character split across two chunks still decodes whole.
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._tail: deque[bytes] = deque()
-        self._tail_size = 0
-        self.forwarded = 0
-        self.truncated = False
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="taskbox-logs", daemon=True)
 
@@ -150,46 +132,10 @@ class _LogPump:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
-    def set_callback(self, on_log: Callable[[str], None] | None) -> None:
-        with self._callback_lock:
-            self._on_log = on_log
-            pending, self._pending = self._pending, []
-        if on_log is not None:
-            for text in pending:
-                on_log(text)
-
-    def tail(self) -> str:
-        data = b"".join(self._tail)[-LOG_TAIL_BYTES:]
-        return data.decode("utf-8", "replace")
-
-    def _keep(self, chunk: bytes) -> None:
-        self._tail.append(chunk)
-        self._tail_size += len(chunk)
-        while self._tail_size - len(self._tail[0]) >= LOG_TAIL_BYTES:
-            self._tail_size -= len(self._tail.popleft())
-
-    def _forward(self, chunk: bytes) -> None:
-        room = self._cap - self.forwarded
-        if room <= 0:
-            self.truncated = True
-            return
-        if len(chunk) > room:
-            chunk = chunk[:room]
-            self.truncated = True
-        self.forwarded += len(chunk)
-        text = self._decoder.decode(chunk)
-        with self._callback_lock:
-            on_log = self._on_log
-            if on_log is None:
-                self._pending.append(text)
-        if on_log is not None:
-            on_log(text)
-
     def _run(self) -> None:
         try:
             for chunk in self._chunks:
-                self._keep(chunk)
-                self._forward(chunk)
+                self.feed(chunk)
         except Exception as exc:  # noqa: BLE001 - a log reader must never take the run down
             self.error = exc
         finally:

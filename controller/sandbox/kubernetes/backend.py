@@ -13,7 +13,6 @@ NetworkPolicy (never the other way round: the policy outlives every container).
 
 from __future__ import annotations
 
-import codecs
 import io
 import json
 import logging
@@ -22,7 +21,6 @@ import stat
 import tarfile
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
@@ -35,7 +33,6 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from controller.errors import ImageNotFoundError, SandboxError
 from controller.sandbox.backend import (
     EXIT_SIGKILL,
-    LOG_TAIL_BYTES,
     NETWORK_GATEWAY_ONLY,
     PIDS_RLIMIT,
     TMPFS_SIZE,
@@ -52,6 +49,7 @@ from controller.sandbox.kubernetes.manifests import (
     label_value,
     spec_labels,
 )
+from controller.sandbox.output import CappedLog
 from controller.sandbox.spec import (
     LABEL_CONTROLLER,
     LABEL_MANAGED,
@@ -322,28 +320,19 @@ def _refusal(  # noqa: PLR0911 - one return per refusal reads best
 # --------------------------------------------------------------------------- the log
 
 
-class _PodLog:
-    """Follows the main container's log as bytes in a thread: forwards up to a cap, keeps a tail.
+class _PodLog(CappedLog):
+    """Follows the main container's log as bytes in a thread into a :class:`CappedLog`.
 
     The log can be opened only once the container started (the API answers 400 while
-    the init container runs), so it retries until then. What arrives before ``wait``
-    hands over its callback is held (within the cap) and passed on then.
+    the init container runs), so it retries until then.
     """
 
     def __init__(self, open_stream: Callable[[], httpx2.Response | None], cap: int) -> None:
+        super().__init__(cap)
         self._open = open_stream
-        self._cap = cap
-        self._on_log: Callable[[str], None] | None = None
-        self._pending: list[str] = []
-        self._callback_lock = threading.Lock()
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._tail: deque[bytes] = deque()
-        self._tail_size = 0
         self._response: httpx2.Response | None = None
         self._stop = threading.Event()
         self.ended = threading.Event()
-        self.forwarded = 0
-        self.truncated = False
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="taskbox-pod-log", daemon=True)
 
@@ -359,40 +348,6 @@ class _PodLog:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
-    def set_callback(self, on_log: Callable[[str], None] | None) -> None:
-        with self._callback_lock:
-            self._on_log = on_log
-            pending, self._pending = self._pending, []
-        if on_log is not None:
-            for text in pending:
-                on_log(text)
-
-    def tail(self) -> str:
-        return b"".join(self._tail)[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
-
-    def _keep(self, chunk: bytes) -> None:
-        self._tail.append(chunk)
-        self._tail_size += len(chunk)
-        while self._tail_size - len(self._tail[0]) >= LOG_TAIL_BYTES:
-            self._tail_size -= len(self._tail.popleft())
-
-    def _forward(self, chunk: bytes) -> None:
-        room = self._cap - self.forwarded
-        if room <= 0:
-            self.truncated = True
-            return
-        if len(chunk) > room:
-            chunk = chunk[:room]
-            self.truncated = True
-        self.forwarded += len(chunk)
-        text = self._decoder.decode(chunk)
-        with self._callback_lock:
-            on_log = self._on_log
-            if on_log is None:
-                self._pending.append(text)
-        if on_log is not None and text:
-            on_log(text)
-
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
@@ -403,8 +358,7 @@ class _PodLog:
                 self._response = response
                 try:
                     for chunk in response.iter_bytes():
-                        self._keep(chunk)
-                        self._forward(chunk)
+                        self.feed(chunk)
                 finally:
                     response.close()
                 return
