@@ -21,7 +21,7 @@ from controller.sandbox.spec import LABEL_MANAGED
 from controller.sandbox.task_sandbox import TaskSandboxRun, run_in_task_sandbox
 from controller.settings import Settings
 from taskbox_wire.contract import Task
-from tests.conftest import RepoFactory
+from tests.conftest import RepoFactory, git
 
 TEST_LABEL = "taskbox.test"
 
@@ -63,6 +63,18 @@ REPO_FILES = {
     "keys.secret": "denied by the policy\n",
     ".env": "API_KEY=never-mounted\n",
 }
+
+
+def commit_repo_files(repo: Path) -> Path:
+    """A git repository at ``repo`` whose one commit holds :data:`REPO_FILES` (for module-scoped scenes)."""
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    for rel, text in REPO_FILES.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    return repo
 
 
 def _leftovers(backend: DockerBackend, since: float) -> list[str]:

@@ -32,8 +32,7 @@ from controller.sandbox.conformance import (
 from controller.sandbox.docker import DockerBackend
 from controller.sandbox.fake import FakeEngine
 from controller.sandbox.spec import ContainerSpec
-from tests.conftest import git
-from tests.controller.sandbox.conftest import REPO_FILES, TEST_LABEL, make_task
+from tests.controller.sandbox.conftest import TEST_LABEL, commit_repo_files, make_task
 
 SPEC_FIELDS = frozenset(ContainerSpec.model_fields)
 HOST_CANARY = f'{{"status": "succeeded", "summary": "host-CANARY-{secrets.token_hex(6)}"}}'
@@ -43,14 +42,7 @@ HOST_CANARY = f'{{"status": "succeeded", "summary": "host-CANARY-{secrets.token_
 def scene(tmp_path_factory: pytest.TempPathFactory, policies_dir: Path) -> Iterator[Scene]:
     """The Docker tests' task (owned folder and file, a relevant file, unplanned and denied files), staged for real."""
     root = tmp_path_factory.mktemp("conformance")
-    repo = root / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    for rel, text in REPO_FILES.items():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        (repo / rel).write_text(text)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "base")
+    repo = commit_repo_files(root / "repo")
     host_file = root / "host-result.json"
     host_file.write_text(HOST_CANARY)
     made = Scene(

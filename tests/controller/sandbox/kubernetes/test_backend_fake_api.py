@@ -54,8 +54,8 @@ from controller.settings import Settings
 from controller.verdict import Verdict
 from taskbox_wire.paths import GATEWAY_DIR, JUDGE_KEY_FILE, JUDGE_TESTS_REPORT
 from taskbox_wire.pod import ENV_EXCHANGE_TOKEN, ENV_EXCHANGE_URL, EXCHANGE_OUT
-from tests.conftest import RepoFactory, git
-from tests.controller.sandbox.conftest import REPO_FILES, TEST_LABEL, make_task
+from tests.conftest import RepoFactory
+from tests.controller.sandbox.conftest import TEST_LABEL, commit_repo_files, make_task
 from tests.controller.sandbox.kubernetes.fake_api import (
     API_TOKEN,
     PODS,
@@ -115,14 +115,7 @@ def rig() -> Iterator[Rig]:
 def scene(tmp_path_factory: pytest.TempPathFactory, policies_dir: Path) -> Iterator[Scene]:
     """The Docker tests' task, planned and staged for real (the specs the backend gets)."""
     root = tmp_path_factory.mktemp("k8s-scene")
-    repo = root / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    for rel, text in REPO_FILES.items():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        (repo / rel).write_text(text)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "base")
+    repo = commit_repo_files(root / "repo")
     host_file = root / "host-result.json"
     host_file.write_text('{"host": "canary"}')
     made = Scene(

@@ -56,8 +56,7 @@ from taskbox_wire.pod import (
     STAGE_DIR,
     STAGE_VOLUME,
 )
-from tests.conftest import git
-from tests.controller.sandbox.conftest import REPO_FILES, make_task
+from tests.controller.sandbox.conftest import commit_repo_files, make_task
 from tests.controller.sandbox.kubernetes import podman as podman_harness
 from tests.controller.sandbox.kubernetes.podman import (
     Manifest,
@@ -296,14 +295,7 @@ def podman() -> Iterator[Podman]:
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     """The sandbox tests' task (owned folder and file, read-only and unplanned files) under be-python, staged for real."""
     root = tmp_path_factory.mktemp("podman")
-    repo = root / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    for rel, text in REPO_FILES.items():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        (repo / rel).write_text(text)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "base")
+    repo = commit_repo_files(root / "repo")
     task = make_task()
     admission = admit(
         task,

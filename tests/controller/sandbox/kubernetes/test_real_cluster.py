@@ -23,8 +23,7 @@ from controller.sandbox import conformance
 from controller.sandbox.conformance import Scene, checks_for, run_check
 from controller.sandbox.engines import Engine, open_engine
 from controller.settings import Settings
-from tests.conftest import git
-from tests.controller.sandbox.conftest import REPO_FILES, TEST_LABEL, make_task
+from tests.controller.sandbox.conftest import TEST_LABEL, commit_repo_files, make_task
 
 pytestmark = pytest.mark.kubernetes
 
@@ -56,14 +55,7 @@ def cluster_scene(
 ) -> Iterator[Scene]:
     """The Docker tests' task, staged for real, with the image the cluster pulls."""
     root = tmp_path_factory.mktemp("k8s-real")
-    repo = root / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    for rel, text in REPO_FILES.items():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        (repo / rel).write_text(text)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "base")
+    repo = commit_repo_files(root / "repo")
     host_file = root / "host-result.json"
     host_file.write_text('{"host": "canary"}')
     made = Scene(
