@@ -17,7 +17,8 @@ from lightkube.config import client_adapter
 from pydantic import ValidationError
 
 from controller.errors import SandboxError
-from controller.sandbox.kubernetes.target import DnsEgress, KubernetesTarget
+from controller.sandbox.kubernetes.target import KubernetesTarget
+from controller.sandbox.kubernetes.target import target_from_settings as explained_target
 
 if TYPE_CHECKING:
     from lightkube.config.kubeconfig import SingleConfig
@@ -60,26 +61,24 @@ def raw_client(config: SingleConfig) -> httpx2.Client:
 
 
 def target_from_settings(settings: Settings) -> KubernetesTarget:
-    """The :class:`KubernetesTarget` the ``TASKBOX_KUBERNETES_*`` settings describe; SandboxError when they cannot."""
+    """The :class:`KubernetesTarget` a running backend uses; SandboxError when the settings cannot describe one.
+
+    ``target.target_from_settings`` (what ``policy explain`` shows), with two differences:
+    the exchange URL is required, and the spec's image wins (it is already the cluster
+    reference, ``KubernetesImages.image_id``, and a missing image must stay missing).
+    """
     if not settings.kubernetes_exchange_url:
         raise SandboxError(
             "TASKBOX_KUBERNETES_EXCHANGE_URL is not set: the Pods need the exchange's address"
         )
     try:
-        return KubernetesTarget(
-            namespace=settings.kubernetes_namespace,
-            # The spec's image wins: it is already the cluster reference (KubernetesImages.image_id),
-            # and a missing image must stay missing (not be swapped for a known one).
-            image=None,
-            controller_namespace=settings.kubernetes_controller_namespace
-            or settings.kubernetes_namespace,
-            controller_pod_labels=dict(settings.kubernetes_controller_selector),
-            controller_cidrs=tuple(settings.kubernetes_controller_cidrs),
-            exchange_url=settings.kubernetes_exchange_url,
-            exchange_port=settings.kubernetes_exchange_port,
-            gateway_port=settings.kubernetes_gateway_port,
-            user_namespaces=settings.kubernetes_user_namespaces,
-            dns=DnsEgress() if settings.kubernetes_dns else None,
+        shown = explained_target(settings)
+        return KubernetesTarget.model_validate(
+            {
+                **shown.model_dump(),
+                "image": None,
+                "exchange_port": settings.kubernetes_exchange_port,
+            }
         )
     except ValidationError as exc:
         raise SandboxError(f"the Kubernetes settings do not describe a target: {exc}") from exc
