@@ -133,6 +133,7 @@ def open_engine(settings: Settings) -> Engine:
 def _open_kubernetes(settings: Settings) -> Engine:
     """The cluster the ``TASKBOX_KUBERNETES_*`` settings name; the exchange is served from the first Pod on."""
     # Imported here: only a controller that runs Pods needs lightkube.
+    from controller.policy.loader import list_policies  # noqa: PLC0415
     from controller.sandbox.kubernetes import preflight  # noqa: PLC0415
     from controller.sandbox.kubernetes.backend import (  # noqa: PLC0415
         KubernetesBackend,
@@ -165,8 +166,13 @@ def _open_kubernetes(settings: Settings) -> Engine:
     )
 
     def facts() -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        named = {
+            policy.name: policy.runtime_class
+            for policy in list_policies(settings.policies_dir)
+            if policy.runtime_class is not None
+        }
         found = preflight.cluster_facts(
-            client, http, target.namespace, settings.kubernetes_runtime_class
+            client, http, target.namespace, settings.kubernetes_runtime_class, named
         )
         return found, {}
 

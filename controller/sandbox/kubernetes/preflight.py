@@ -11,7 +11,8 @@ pure (unit-tested with plain dicts):
   DaemonSet: Calico, Cilium, Antrea, kube-router, Weave Net); flannel alone is
   refused, anything else is a warning (it cannot tell);
 - ``kube.default-deny``: the namespace's standing deny-all policy for Taskbox Pods;
-- ``kube.runtime-class``: the RuntimeClass the settings name exists.
+- ``kube.runtime-class``: the RuntimeClass the settings name exists;
+- ``kube.policy-runtime-classes``: every RuntimeClass a policy names exists.
 """
 
 from __future__ import annotations
@@ -65,9 +66,17 @@ def _ask(what: Callable[[], Any]) -> tuple[Any, str | None]:
 
 
 def cluster_facts(
-    client: Client, http: httpx2.Client, namespace: str, runtime_class: str | None
+    client: Client,
+    http: httpx2.Client,
+    namespace: str,
+    runtime_class: str | None,
+    policy_runtime_classes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """What the API says, as plain data (what could not be read is an ``*_error`` string)."""
+    """What the API says, as plain data (what could not be read is an ``*_error`` string).
+
+    ``policy_runtime_classes`` maps each policy that names a RuntimeClass to it: a policy's
+    class wins over the setting's for its Pods, so each must exist too.
+    """
     facts: dict[str, Any] = {"namespace_name": namespace, "runtime_class_name": runtime_class}
     version, facts["version_error"] = _ask(lambda: http.get("/version").raise_for_status().json())
     facts["ServerVersion"] = (version or {}).get("gitVersion")
@@ -86,6 +95,16 @@ def cluster_facts(
             lambda: client.get(RuntimeClass, runtime_class).to_dict()
         )
         facts["runtime_class"] = found_class
+    wanted = dict(policy_runtime_classes or {})
+    facts["policy_runtime_classes"] = wanted
+    found_classes: dict[str, str | None] = {}
+    for name in sorted(set(wanted.values())):
+
+        def lookup(name: str = name) -> Any:
+            return client.get(RuntimeClass, name).to_dict()
+
+        _, found_classes[name] = _ask(lookup)  # no error: it exists
+    facts["policy_runtime_class_errors"] = found_classes
     return facts
 
 
@@ -263,6 +282,38 @@ def check_runtime_class(facts: Mapping[str, Any]) -> Check:
     )
 
 
+def check_policy_runtime_classes(facts: Mapping[str, Any]) -> Check:
+    """Every RuntimeClass a policy names must exist, or the API server refuses that policy's Pods."""
+    wanted: Mapping[str, str] = facts.get("policy_runtime_classes") or {}
+    errors: Mapping[str, str | None] = facts.get("policy_runtime_class_errors") or {}
+    missing = {name: error for name, error in errors.items() if error is not None}
+    if not wanted:
+        return Check(
+            name="kube.policy-runtime-classes",
+            level=Level.OK,
+            summary="no policy names a RuntimeClass",
+        )
+    if missing:
+        named_by = {
+            name: sorted(p for p, c in wanted.items() if c == name) for name in sorted(missing)
+        }
+        return Check(
+            name="kube.policy-runtime-classes",
+            level=Level.REFUSE,
+            summary="RuntimeClasses the policies name do not exist: "
+            + "; ".join(
+                f"{name} (policy {', '.join(named_by[name])}: {missing[name]})" for name in named_by
+            ),
+            remedy="install the runtime and its RuntimeClass, or remove runtime_class from those policies",
+        )
+    return Check(
+        name="kube.policy-runtime-classes",
+        level=Level.OK,
+        summary="every RuntimeClass the policies name exists: "
+        + ", ".join(f"{c} ({p})" for p, c in sorted(wanted.items())),
+    )
+
+
 def cluster_checks(facts: Mapping[str, Any]) -> list[Check]:
     """Every check the facts answer (pure)."""
     api = check_api(facts)
@@ -274,4 +325,5 @@ def cluster_checks(facts: Mapping[str, Any]) -> list[Check]:
         check_cni(facts),
         check_default_deny(facts),
         check_runtime_class(facts),
+        check_policy_runtime_classes(facts),
     ]

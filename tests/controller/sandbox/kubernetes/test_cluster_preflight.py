@@ -67,6 +67,7 @@ def test_a_ready_cluster_passes(cluster: FakeCluster) -> None:
         "kube.cni": Level.OK,
         "kube.default-deny": Level.OK,
         "kube.runtime-class": Level.OK,
+        "kube.policy-runtime-classes": Level.OK,
     }
 
 
@@ -119,6 +120,28 @@ def test_missing_runtime_class_is_refused(cluster: FakeCluster) -> None:
     assert verdicts(facts_of(cluster, "gvisor"))["kube.runtime-class"] is Level.REFUSE
     assert verdicts(facts_of(cluster, "kata"))["kube.runtime-class"] is Level.OK
     assert verdicts(facts_of(cluster, None))["kube.runtime-class"] is Level.OK
+
+
+def test_a_runtime_class_a_policy_names_must_exist(cluster: FakeCluster) -> None:
+    """Each RuntimeClass a policy names is looked up: a missing one is refused with the policy's name; all present is ok."""
+    cluster.runtime_classes = {"kata"}
+    with serve(make_app(cluster)) as url:
+        config = fake_config(url)
+        client, http = kube_client(config, NAMESPACE), raw_client(config)
+        try:
+            facts = preflight.cluster_facts(
+                client, http, NAMESPACE, None, {"strict": "gvisor", "vm": "kata"}
+            )
+            present = preflight.cluster_facts(client, http, NAMESPACE, None, {"vm": "kata"})
+        finally:
+            client.close()
+            http.close()
+    refused = preflight.check_policy_runtime_classes(facts)
+    assert refused.level is Level.REFUSE
+    assert "gvisor (policy strict" in refused.summary
+    assert "kata" not in refused.summary
+    assert verdicts(present)["kube.policy-runtime-classes"] is Level.OK
+    assert verdicts(facts_of(cluster))["kube.policy-runtime-classes"] is Level.OK
 
 
 def test_unreachable_api_is_refused() -> None:
