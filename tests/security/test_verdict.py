@@ -43,6 +43,11 @@ def greet(name: str) -> str:
 '''
 
 
+#: A test of the change that fails on the candidate too: the verdict must stay failed whatever else a
+#: hostile file does.
+FAILING_TEST = "from app.api.greeting import greet\n\n\ndef test_greeting() -> None:\n    assert greet('x') == 'nope'\n"
+
+
 def run_task(arena: Arena, task: Task, calls: list[dict[str, Any]]) -> tuple[TaskResult, str]:
     """Run ``task`` with a model that makes ``calls``; (the result, the run id)."""
     script = write_script(arena.tmp / "scripts", hostile_script(calls))
@@ -69,6 +74,13 @@ def no_branch(arena: Arena, key: str) -> bool:
         check=False,
     )
     return done.returncode != 0
+
+
+def assert_not_landed(arena: Arena, key: str, result: TaskResult) -> None:
+    """The task failed, reports no commit, and ``taskbox/<key>`` was not written."""
+    assert result.status == "failed"
+    assert result.git_commit is None
+    assert no_branch(arena, key)
 
 
 def constraint(result: TaskResult, number: int) -> tuple[bool, str]:
@@ -137,7 +149,6 @@ def test_forged_result_and_bundle_with_a_locked_out_folder_do_not_land(arena: Ar
             os.chmod("/out", 0o500)
         '''
     )
-    failing = "from app.api.greeting import greet\n\n\ndef test_greeting() -> None:\n    assert greet('x') == 'nope'\n"
     task = make_task(
         key, owns=["app/api/", "tests/test_forge.py", "tests/test_greeting.py"], relevant=RELEVANT
     )
@@ -148,7 +159,7 @@ def test_forged_result_and_bundle_with_a_locked_out_folder_do_not_land(arena: Ar
         task,
         [
             editor_create("app/api/greeting.py", GREETING),
-            editor_create("tests/test_greeting.py", failing),
+            editor_create("tests/test_greeting.py", FAILING_TEST),
             editor_create("tests/test_forge.py", forge),
         ],
     )
@@ -158,9 +169,7 @@ def test_forged_result_and_bundle_with_a_locked_out_folder_do_not_land(arena: Ar
     assert agent_claim["status"] == "succeeded", (
         "the forgery did not take: the attack proves nothing"
     )
-    assert result.status == "failed"
-    assert result.git_commit is None
-    assert no_branch(arena, key)
+    assert_not_landed(arena, key, result)
     passed, evidence = constraint(result, 5)
     assert not passed
     assert "test_greeting" in evidence
@@ -190,7 +199,6 @@ def test_conftest_hook_that_flips_a_failing_report_fails_with_file_and_line(aren
             report.outcome = "passed"
         '''
     )
-    failing = "from app.api.greeting import greet\n\n\ndef test_greeting() -> None:\n    assert greet('x') == 'nope'\n"
     task = make_task(
         key, owns=["app/api/", "tests/conftest.py", "tests/test_greeting.py"], relevant=RELEVANT
     )
@@ -200,14 +208,12 @@ def test_conftest_hook_that_flips_a_failing_report_fails_with_file_and_line(aren
         task,
         [
             editor_create("app/api/greeting.py", GREETING),
-            editor_create("tests/test_greeting.py", failing),
+            editor_create("tests/test_greeting.py", FAILING_TEST),
             editor_create("tests/conftest.py", hook),
         ],
     )
 
-    assert result.status == "failed"
-    assert result.git_commit is None
-    assert no_branch(arena, key)
+    assert_not_landed(arena, key, result)
     passed, evidence = constraint(result, 5)
     assert not passed
     line = hook.splitlines().index("def pytest_runtest_makereport(item, call):") + 1
@@ -317,7 +323,6 @@ def test_a_test_that_rewrites_the_report_at_exit_does_not_pass(arena: Arena) -> 
             assert os.sep == "/"
         '''
     )
-    failing = "from app.api.greeting import greet\n\n\ndef test_greeting() -> None:\n    assert greet('x') == 'nope'\n"
     task = make_task(
         key, owns=["app/api/", "tests/test_atexit.py", "tests/test_greeting.py"], relevant=RELEVANT
     )
@@ -327,14 +332,12 @@ def test_a_test_that_rewrites_the_report_at_exit_does_not_pass(arena: Arena) -> 
         task,
         [
             editor_create("app/api/greeting.py", GREETING),
-            editor_create("tests/test_greeting.py", failing),
+            editor_create("tests/test_greeting.py", FAILING_TEST),
             editor_create("tests/test_atexit.py", forge),
         ],
     )
 
-    assert result.status == "failed"
-    assert result.git_commit is None
-    assert no_branch(arena, key)
+    assert_not_landed(arena, key, result)
     passed, evidence = constraint(result, 5)
     assert not passed
     assert "tests/test_atexit.py" in evidence
@@ -405,9 +408,7 @@ def test_a_test_that_prints_a_passing_static_report_does_not_change_the_verdict(
         "the forged line never reached the judge's output: the attack proves nothing"
     )
     assert "HOSTILE key file left: False" in judge_log
-    assert result.status == "failed"
-    assert result.git_commit is None
-    assert no_branch(arena, key)
+    assert_not_landed(arena, key, result)
     passed, evidence = constraint(result, 8)
     assert not passed
     print_line = printing.splitlines().index("    print(greet(name))") + 1
