@@ -16,6 +16,7 @@ import pytest
 
 from controller.errors import SandboxError
 from controller.image import SANDBOX_IMAGE
+from controller.sandbox.conformance import Scene
 from controller.sandbox.docker import DockerBackend, DockerImages
 from controller.sandbox.spec import LABEL_MANAGED
 from controller.sandbox.task_sandbox import TaskSandboxRun, run_in_task_sandbox
@@ -75,6 +76,24 @@ def commit_repo_files(repo: Path) -> Path:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "base")
     return repo
+
+
+def make_scene(root: Path, policies_dir: Path, host_canary: str) -> Scene:
+    """The conformance suite's scene for these tests: the test task on :func:`commit_repo_files`' repository.
+
+    ``host_canary`` is written to the host file the suite checks a sandbox cannot reach.
+    """
+    host_file = root / "host-result.json"
+    host_file.write_text(host_canary)
+    return Scene(
+        task=make_task(),
+        repo=commit_repo_files(root / "repo"),
+        policies_dir=policies_dir,
+        policy_name="test",
+        runs_dir=root / "runs",
+        host_file=host_file,
+        extra_labels={TEST_LABEL: "1"},
+    )
 
 
 def _leftovers(backend: DockerBackend, since: float) -> list[str]:

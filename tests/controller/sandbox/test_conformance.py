@@ -32,7 +32,7 @@ from controller.sandbox.conformance import (
 from controller.sandbox.docker import DockerBackend
 from controller.sandbox.fake import FakeEngine
 from controller.sandbox.spec import ContainerSpec
-from tests.controller.sandbox.conftest import TEST_LABEL, commit_repo_files, make_task
+from tests.controller.sandbox.conftest import TEST_LABEL, make_scene
 
 SPEC_FIELDS = frozenset(ContainerSpec.model_fields)
 HOST_CANARY = f'{{"status": "succeeded", "summary": "host-CANARY-{secrets.token_hex(6)}"}}'
@@ -42,18 +42,7 @@ HOST_CANARY = f'{{"status": "succeeded", "summary": "host-CANARY-{secrets.token_
 def scene(tmp_path_factory: pytest.TempPathFactory, policies_dir: Path) -> Iterator[Scene]:
     """The Docker tests' task (owned folder and file, a relevant file, unplanned and denied files), staged for real."""
     root = tmp_path_factory.mktemp("conformance")
-    repo = commit_repo_files(root / "repo")
-    host_file = root / "host-result.json"
-    host_file.write_text(HOST_CANARY)
-    made = Scene(
-        task=make_task(),
-        repo=repo,
-        policies_dir=policies_dir,
-        policy_name="test",
-        runs_dir=root / "runs",
-        host_file=host_file,
-        extra_labels={TEST_LABEL: "1"},
-    )
+    made = make_scene(root, policies_dir, HOST_CANARY)
     yield made
     made.cleanup()
 

@@ -55,7 +55,7 @@ from controller.verdict import Verdict
 from taskbox_wire.paths import GATEWAY_DIR, JUDGE_KEY_FILE, JUDGE_TESTS_REPORT
 from taskbox_wire.pod import ENV_EXCHANGE_TOKEN, ENV_EXCHANGE_URL, EXCHANGE_OUT
 from tests.conftest import RepoFactory
-from tests.controller.sandbox.conftest import TEST_LABEL, commit_repo_files, make_task
+from tests.controller.sandbox.conftest import make_scene
 from tests.controller.sandbox.kubernetes.fake_api import (
     API_TOKEN,
     PODS,
@@ -115,18 +115,7 @@ def rig() -> Iterator[Rig]:
 def scene(tmp_path_factory: pytest.TempPathFactory, policies_dir: Path) -> Iterator[Scene]:
     """The Docker tests' task, planned and staged for real (the specs the backend gets)."""
     root = tmp_path_factory.mktemp("k8s-scene")
-    repo = commit_repo_files(root / "repo")
-    host_file = root / "host-result.json"
-    host_file.write_text('{"host": "canary"}')
-    made = Scene(
-        task=make_task(),
-        repo=repo,
-        policies_dir=policies_dir,
-        policy_name="test",
-        runs_dir=root / "runs",
-        host_file=host_file,
-        extra_labels={TEST_LABEL: "1"},
-    )
+    made = make_scene(root, policies_dir, '{"host": "canary"}')
     yield made
     made.cleanup()
 

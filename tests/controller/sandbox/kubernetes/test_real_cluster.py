@@ -23,7 +23,7 @@ from controller.sandbox import conformance
 from controller.sandbox.conformance import Scene, checks_for, run_check
 from controller.sandbox.engines import Engine, open_engine
 from controller.settings import Settings
-from tests.controller.sandbox.conftest import TEST_LABEL, commit_repo_files, make_task
+from tests.controller.sandbox.conftest import make_scene
 
 pytestmark = pytest.mark.kubernetes
 
@@ -55,18 +55,7 @@ def cluster_scene(
 ) -> Iterator[Scene]:
     """The Docker tests' task, staged for real, with the image the cluster pulls."""
     root = tmp_path_factory.mktemp("k8s-real")
-    repo = commit_repo_files(root / "repo")
-    host_file = root / "host-result.json"
-    host_file.write_text('{"host": "canary"}')
-    made = Scene(
-        task=make_task(),
-        repo=repo,
-        policies_dir=policies_dir,
-        policy_name="test",
-        runs_dir=root / "runs",
-        host_file=host_file,
-        extra_labels={TEST_LABEL: "1"},
-    )
+    made = make_scene(root, policies_dir, '{"host": "canary"}')
     made.image = engine.images.image_id(made.image) or made.image
     yield made
     made.cleanup()
