@@ -381,21 +381,32 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 CONTEXT_KEY_PATTERN = "^" + TASK_KEY_PATTERN.strip("^$") + "-(" + "|".join(_SUFFIXES) + ")$"
 
 
-def _context_key_rules(task: dict[str, Any]) -> None:
-    """Write into the task schema the ``contextJson`` rules its model validates in code.
+def context_object_schema(definitions: dict[str, Any], ref_prefix: str) -> dict[str, Any]:
+    """The JSON Schema of ``contextJson``'s object form, with the rules :class:`Task` validates in code.
 
-    Each key is the task's key plus a dependency suffix, and the suffix selects the
-    result's strict shape. A schema cannot say "the same task key as ``taskKey``", so
-    the description says it; the object form may also arrive as JSON text.
+    Each key is a task key plus a dependency suffix, and the suffix selects the result's
+    strict shape; the result models go into ``definitions``, referred to as
+    ``<ref_prefix><Model>`` (``#/$defs/`` in a JSON Schema, ``#/components/schemas/`` in
+    OpenAPI). A schema cannot say "the same task key as ``taskKey``": descriptions say it.
     """
-    defs = task.setdefault("$defs", {})
     shapes: dict[str, Any] = {}
     for suffix, model in _SUFFIXES.items():
-        shape = model.model_json_schema(ref_template="#/$defs/{model}")
+        shape = model.model_json_schema(ref_template=ref_prefix + "{model}")
         for name, definition in shape.pop("$defs", {}).items():
-            defs.setdefault(name, definition)
-        defs[model.__name__] = shape
-        shapes[f"-{suffix}$"] = {"$ref": f"#/$defs/{model.__name__}"}
+            definitions.setdefault(name, definition)
+        definitions[model.__name__] = shape
+        shapes[f"-{suffix}$"] = {"$ref": f"{ref_prefix}{model.__name__}"}
+    return {
+        "type": "object",
+        "minProperties": 1,
+        "propertyNames": {"pattern": CONTEXT_KEY_PATTERN},
+        "patternProperties": shapes,
+        "additionalProperties": False,
+    }
+
+
+def _context_key_rules(task: dict[str, Any]) -> None:
+    """Write into the task schema the ``contextJson`` rules its model validates in code; the object form may also arrive as JSON text."""
     context = task["properties"]["contextJson"]
     description = context.pop("description")
     task["properties"]["contextJson"] = {
@@ -404,13 +415,7 @@ def _context_key_rules(task: dict[str, Any]) -> None:
         " followed by -ctx, -schema or -contract.",
         "title": context.get("title", "Contextjson"),
         "anyOf": [
-            {
-                "type": "object",
-                "minProperties": 1,
-                "propertyNames": {"pattern": CONTEXT_KEY_PATTERN},
-                "patternProperties": shapes,
-                "additionalProperties": False,
-            },
+            context_object_schema(task.setdefault("$defs", {}), "#/$defs/"),
             {"type": "string", "description": "The same object, as JSON text."},
         ],
     }

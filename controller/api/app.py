@@ -29,18 +29,10 @@ from controller.api.ui import router as ui_router
 from controller.service import TaskService
 from controller.settings import PROJECT_ROOT, Settings
 from controller.store import TaskStore
-from taskbox_wire.contract import (
-    TASK_KEY_PATTERN,
-    ContractResult,
-    CtxResult,
-    SchemaResult,
-    json_schemas,
-)
+from taskbox_wire.contract import context_object_schema, json_schemas
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
-
-    from pydantic import BaseModel
 
     from controller.service import TaskExecutor
 
@@ -56,16 +48,6 @@ branch on `code`, never on `message`:
 {error_code_table()}
 """
 
-
-#: What a ``contextJson`` key looks like: a task key and one of the dependency suffixes.
-CONTEXT_KEY_PATTERN = "^" + TASK_KEY_PATTERN.strip("^$") + "-(ctx|schema|contract)$"
-
-#: The dependency results a ``contextJson`` key's suffix selects (as the contract validates them).
-CONTEXT_RESULTS: dict[str, type[BaseModel]] = {
-    "ctx": CtxResult,
-    "schema": SchemaResult,
-    "contract": ContractResult,
-}
 
 #: Paths answered without a token: liveness and readiness probes carry none; the web view's
 #: sign-in form and stylesheet are how a browser gets one.
@@ -227,27 +209,14 @@ def _describe_context_keys(document: dict[str, Any]) -> None:
     if task is None:
         return
     context = task["properties"]["contextJson"]
-    context["description"] = json_schemas()["task.schema.json"]["properties"]["contextJson"][
-        "description"
-    ] + (
-        " The key `<taskKey>-ctx` is required and every key must start with the task's own "
-        "`taskKey` followed by `-ctx`, `-schema` or `-contract`; anything else is 422."
-    )
-    context["minProperties"] = 1
-    context["propertyNames"] = {"pattern": CONTEXT_KEY_PATTERN}
-    # Each dependency result has its own strict shape, chosen by the key's suffix.
-    schemas = document["components"]["schemas"]
     context.pop("additionalProperties", None)
-    context["patternProperties"] = {}
-    for suffix, model in CONTEXT_RESULTS.items():
-        shape = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        for name, definition in shape.pop("$defs", {}).items():
-            schemas.setdefault(name, definition)
-        schemas[model.__name__] = shape
-        context["patternProperties"][f"-{suffix}$"] = {
-            "$ref": f"#/components/schemas/{model.__name__}"
-        }
-    context["additionalProperties"] = False
+    # The task schema's description and rules (each dependency result has its own strict
+    # shape, chosen by the key's suffix), in the spec's own components.
+    description = json_schemas()["task.schema.json"]["properties"]["contextJson"]["description"]
+    context["description"] = description + " Anything else is 422."
+    context.update(
+        context_object_schema(document["components"]["schemas"], "#/components/schemas/")
+    )
     # The contract refuses a path listed twice; the spec says so in its own words.
     task["properties"]["ownsPaths"]["uniqueItems"] = True
 
