@@ -213,8 +213,11 @@ PROBES = {
         "import os, sys, time; t = time.perf_counter(); import taskbox_runner.__main__; "
         f"print(time.perf_counter() - t, time.time(), {_SDK_LOADED}, flush=True); os._exit(0)"
     ),
-    "judge's boot path: import taskbox_runner.judge": (
+    # The judge's module loads the verifier lazily (after starting its warm pytest), so its
+    # boot path is the module, the verifier and the config model, all before the seal.
+    "judge's boot path: taskbox_runner.judge, the verifier, its config": (
         "import os, sys, time; t = time.perf_counter(); import taskbox_runner.judge; "
+        "import taskbox_runner.verify.harness, taskbox_wire.config; "
         f"print(time.perf_counter() - t, time.time(), {_SDK_LOADED}, flush=True); os._exit(0)"
     ),
 }

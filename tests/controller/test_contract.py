@@ -140,13 +140,18 @@ def test_task_schema_holds_the_context_key_rules_the_model_enforces() -> None:
     validator = jsonschema_rs.validator_for(
         json.loads((PROJECT_ROOT / "schemas" / "task.schema.json").read_text(encoding="utf-8"))
     )
-    task = json.loads((PROJECT_ROOT / "examples" / "task-greetings.json").read_text(encoding="utf-8"))
+    task = json.loads(
+        (PROJECT_ROOT / "examples" / "task-greetings.json").read_text(encoding="utf-8")
+    )
     assert validator.is_valid(task)
     assert validator.is_valid({**task, "contextJson": json.dumps(task["contextJson"])})
     key = f"{task['taskKey']}-ctx"
     refused = {
         "a key of no dependency suffix": {**task["contextJson"], f"{task['taskKey']}-notes": {}},
-        "a key that is not a task key": {**task["contextJson"], "../x-ctx": task["contextJson"][key]},
+        "a key that is not a task key": {
+            **task["contextJson"],
+            "../x-ctx": task["contextJson"][key],
+        },
         "an empty object": {},
         "a ctx result with a field of no meaning": {key: {**task["contextJson"][key], "extra": 1}},
         "relevant_files that is not a list": {key: {"relevant_files": "app/main.py"}},

@@ -479,7 +479,11 @@ def test_preflight_against_the_real_engine(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("mandatory", "alternative"),
-    [(m, a) for m, alternatives in sorted(MANDATORY_ALTERNATIVES.items()) for a in sorted(alternatives)],
+    [
+        (m, a)
+        for m, alternatives in sorted(MANDATORY_ALTERNATIVES.items())
+        for a in sorted(alternatives)
+    ],
 )
 def test_a_narrower_alternative_is_accepted_and_named(mandatory: str, alternative: str) -> None:
     """A backend may meet a mandatory setting with its declared narrower form; preflight says which, and nothing else stands in."""

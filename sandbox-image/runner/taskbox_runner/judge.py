@@ -4,8 +4,12 @@ The controller runs this once on the candidate commit, in a fresh sandbox with n
 gateway and no model. In order:
 
 1. It makes itself non-dumpable (no same-uid process may ptrace it or read its
-   memory or file descriptors), then reads the one-time key the controller left
-   in ``/out/judge.key`` and removes that file.
+   memory or file descriptors) and starts a warm pytest interpreter for the tests
+   run (:mod:`taskbox_runner.verify.pytest_boot`: it imports pytest, coverage and
+   the plugins from the image while the judge works, then waits for its command
+   line; it runs no file of the repository before step 3). Then it loads the
+   verifier, reads the one-time key the controller left in ``/out/judge.key`` and
+   removes that file.
 2. **Static checks**: ruff and every AST check of the ten constraints. No file of
    the repository is imported or executed. The report is **sealed** by writing it
    to the container's output as one line, ``TASKBOX-JUDGE-STATIC <mac> <json>``,
@@ -43,17 +47,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from taskbox_runner.verify import (
-    CheckOutcome,
-    VerificationReport,
-    VerifyContext,
-    check_fail_to_pass,
-    index_tests,
-    static_checks,
-    static_report,
-    verify_dynamic,
-)
-from taskbox_wire.config import JudgeConfig
+# The verifier package loads its checks (and pydantic) on first use: main() starts the warm
+# pytest interpreters first, so their imports overlap the judge's own.
+from taskbox_runner import verify
+from taskbox_runner.verify.process import run_bounded
+from taskbox_runner.verify.pytest_boot import TESTS_LABEL, WarmPytest
 from taskbox_wire.paths import (
     JUDGE_CONFIG,
     JUDGE_KEY_FILE,
@@ -64,7 +62,14 @@ from taskbox_wire.paths import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from taskbox_runner.verify import StaticPhase
+    from taskbox_runner.verify import (
+        CheckOutcome,
+        StaticPhase,
+        VerificationReport,
+        VerifyContext,
+    )
+    from taskbox_runner.verify.process import Launch
+    from taskbox_wire.config import JudgeConfig
 
 logger = logging.getLogger("taskbox_runner.judge")
 
@@ -74,6 +79,9 @@ EXIT_NO_REPORT = 2
 PR_SET_DUMPABLE = 4
 #: The key file is a few dozen bytes; anything longer is not the controller's.
 MAX_KEY_CHARS = 256
+#: Scratch sub-folders of the two pytest runs (the warm interpreters are started for them).
+TESTS_SCRATCH = "verify"
+BASE_RUN_SCRATCH = "fail-to-pass"
 
 
 def make_undumpable() -> bool:
@@ -123,15 +131,15 @@ def write_all(fd: int, data: bytes) -> None:
 
 def context(config: JudgeConfig, scratch: Path) -> VerifyContext:
     """The verifier's context on the candidate tree, with the base's test index."""
-    return VerifyContext(
+    return verify.VerifyContext(
         workdir=config.workdir,
         owns_paths=list(config.owns_paths),
         openapi_path=config.openapi_path,
         coverage_threshold=config.coverage_threshold,
         base_config_dir=config.base_dir,
-        scratch_dir=scratch / "verify",
+        scratch_dir=scratch / TESTS_SCRATCH,
         changed_files=list(config.changed_files),
-        base_tests=index_tests(config.base_dir),
+        base_tests=verify.index_tests(config.base_dir),
         test_timeout_seconds=config.test_timeout_seconds,
     )
 
@@ -152,19 +160,25 @@ def with_fail_to_pass(
     return report.model_copy(update={"constraints": constraints})
 
 
-def run_dynamic(ctx: VerifyContext, config: JudgeConfig, static: StaticPhase) -> VerificationReport:
+def run_dynamic(
+    ctx: VerifyContext,
+    config: JudgeConfig,
+    static: StaticPhase,
+    launch: Launch = run_bounded,
+) -> VerificationReport:
     """The dynamic checks, with fail-to-pass in a second pytest process at the same time."""
-    f2p_ctx = ctx.model_copy(update={"scratch_dir": ctx.scratch_dir.parent / "fail-to-pass"})
+    f2p_ctx = ctx.model_copy(update={"scratch_dir": ctx.scratch_dir.parent / BASE_RUN_SCRATCH})
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="f2p") as pool:
         # The fail-to-pass run writes only to its own scratch folder and reads the read-only
         # base tree, so it shares nothing with the main run but the CPUs.
         f2p = pool.submit(
-            check_fail_to_pass,
+            verify.check_fail_to_pass,
             f2p_ctx,
             base_workdir=config.fail_to_pass_dir,
             test_files=list(config.test_files),
+            launch=launch,
         )
-        report = verify_dynamic(ctx, static)
+        report = verify.verify_dynamic(ctx, static, launch=launch)
         outcome = f2p.result()
     scrub = (
         str(ctx.scratch_dir.parent),
@@ -193,12 +207,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not make_undumpable():
         logger.warning("could not make the judge non-dumpable")
+    scratch = Path(tempfile.mkdtemp(prefix="taskbox-judge-"))
+    with WarmPytest() as warm:
+        # Started first: it imports pytest and coverage while this process loads the verifier
+        # and runs the static checks, and runs no file of the repository before its turn. Only
+        # the tests run gets one: it is the longer of the two, and a second interpreter
+        # importing at the same time slowed the judge's own start more than it saved.
+        warm.start(scratch / TESTS_SCRATCH, TESTS_LABEL)
+        return _judge(args.config, scratch, warm)
+
+
+def _judge(config_path: Path, scratch: Path, warm: WarmPytest) -> int:
+    """Seal the static report, then run the tests and write their report; the exit status."""
+    from taskbox_wire.config import JudgeConfig  # noqa: PLC0415 - pydantic, after the warm start
+
     try:
-        config = JudgeConfig.model_validate_json(args.config.read_bytes())
+        config = JudgeConfig.model_validate_json(config_path.read_bytes())
         key = take_key(config.outdir)
-        ctx = context(config, Path(tempfile.mkdtemp(prefix="taskbox-judge-")))
-        static = static_checks(ctx)
-        sealed = sealed_line(static_report(ctx, static), key)
+        ctx = context(config, scratch)
+        static = verify.static_checks(ctx)
+        sealed = sealed_line(verify.static_report(ctx, static), key)
         del key
         # The seal: written whole before any model-written file is imported or run.
         write_all(sys.stdout.fileno(), sealed)
@@ -207,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NO_REPORT
     logger.info("static checks sealed; running the tests")
     try:
-        report = run_dynamic(ctx, config, static)
+        report = run_dynamic(ctx, config, static, warm.run)
     except Exception:
         logger.exception("the judge's tests failed")
         return EXIT_NO_REPORT
@@ -217,7 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError:
         logger.exception("could not write the tests report")
         return EXIT_NO_REPORT
-    logger.info("tests phase: %d/10 checks passed", sum(c.passed for c in report.constraints))
+    logger.info(
+        "tests phase: %d/10 checks passed (warm pytest: %s)",
+        sum(c.passed for c in report.constraints),
+        ", ".join(warm.used) or "none",
+    )
     return 0
 
 

@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING
 
 from taskbox_runner.verify.django_project import find_manage_py, settings_module
 from taskbox_runner.verify.models import CheckOutcome, Finding
+from taskbox_runner.verify.process import run_bounded
+from taskbox_runner.verify.pytest_boot import BASE_RUN_LABEL
 from taskbox_runner.verify.pytest_run import python_file_patterns, run_test_files
 from taskbox_runner.verify.tests_pass import locate_case
 from taskbox_runner.verify.workspace import Workspace
 
 if TYPE_CHECKING:
     from taskbox_runner.verify.models import VerifyContext
+    from taskbox_runner.verify.process import Launch
     from taskbox_runner.verify.pytest_run import JunitCase
     from taskbox_runner.verify.suite_index import TestLines
 
@@ -37,7 +40,11 @@ NAMES_IN_A_FINDING = 10
 
 
 def check_fail_to_pass(
-    ctx: VerifyContext, *, base_workdir: Path, test_files: list[str]
+    ctx: VerifyContext,
+    *,
+    base_workdir: Path,
+    test_files: list[str],
+    launch: Launch = run_bounded,
 ) -> CheckOutcome:
     """Run ``test_files`` in ``base_workdir``; at least one must fail there."""
     name = "All tests pass (fail-to-pass on the base)"
@@ -67,8 +74,9 @@ def check_fail_to_pass(
         base_config_dir=ctx.base_config_dir,
         scratch_dir=scratch,
         timeout=ctx.test_timeout_seconds,
-        label="fail-to-pass",
+        label=BASE_RUN_LABEL,
         django_settings=_django_settings(base_workdir, ctx),
+        launch=launch,
     )
     shown = ", ".join(runnable)
     if run.completed is None or run.completed.timed_out:

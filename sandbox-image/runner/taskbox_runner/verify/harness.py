@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from taskbox_runner.verify.async_endpoints import check_async
 from taskbox_runner.verify.contract import check_contract, static_contract
@@ -29,6 +30,7 @@ from taskbox_runner.verify.models import (
     VerifyContext,
     scrub_text,
 )
+from taskbox_runner.verify.process import run_bounded
 from taskbox_runner.verify.pydantic_bodies import check_request_validation
 from taskbox_runner.verify.pytest_run import PytestRun, python_file_patterns, run_pytest
 from taskbox_runner.verify.ruff_checks import (
@@ -49,6 +51,9 @@ from taskbox_runner.verify.test_integrity import (
 from taskbox_runner.verify.tests_pass import check_tests, model_conftests, removed_tests
 from taskbox_runner.verify.workspace import Workspace
 from taskbox_wire.contract import TestResults
+
+if TYPE_CHECKING:
+    from taskbox_runner.verify.process import Launch
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +105,17 @@ def verify(ctx: VerifyContext) -> VerificationReport:
     return _report(ctx, static, tests, outcomes, test_warnings(tests))
 
 
-def verify_dynamic(ctx: VerifyContext, static: StaticPhase) -> VerificationReport:
+def verify_dynamic(
+    ctx: VerifyContext, static: StaticPhase, *, launch: Launch = run_bounded
+) -> VerificationReport:
     """Only what needs the code to run (tests with coverage, the contract run, Django migrations).
 
     The judge's second report: constraints 4, 5 and 6 carry the dynamic verdicts alone, and the
     others pass with no evidence, since the static report (sealed before this runs) decides
     them; the controller ANDs the two per constraint, so nothing here can pass a static failure.
+    ``launch`` starts the pytest run (the judge hands it to an interpreter started ahead).
     """
-    tests, dynamic = _dynamic_checks(ctx, static)
+    tests, dynamic = _dynamic_checks(ctx, static, launch)
     outcomes = [
         dynamic.get(o.id) or CheckOutcome(o.id, "decided by the static checks", name=o.name)
         for o in static.outcomes
@@ -128,7 +136,7 @@ def verify_dynamic(ctx: VerifyContext, static: StaticPhase) -> VerificationRepor
 
 
 def _dynamic_checks(
-    ctx: VerifyContext, static: StaticPhase
+    ctx: VerifyContext, static: StaticPhase, launch: Launch = run_bounded
 ) -> tuple[PytestRun, dict[int, CheckOutcome]]:
     """One pytest run (tests and coverage), Django's migration check, the contract run."""
     space = static.space
@@ -140,6 +148,7 @@ def _dynamic_checks(
         scratch_dir=ctx.scratch_dir,
         timeout=ctx.test_timeout_seconds,
         django_settings=django_settings,
+        launch=launch,
     )
     extra: list[Finding] = []
     if manage_py:

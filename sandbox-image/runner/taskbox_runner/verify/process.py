@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -49,6 +49,23 @@ class Completed:
             if lines:
                 return lines[-1][:500]
         return ""
+
+
+class Launch(Protocol):
+    """How a harness subprocess is run: :func:`run_bounded`, or a warm start standing in for it."""
+
+    def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        timeout: float,
+        output_dir: Path,
+        label: str,
+    ) -> Completed:
+        """Run ``argv`` to completion, or kill it at ``timeout`` seconds (``returncode`` None)."""
+        ...
 
 
 def harness_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -89,18 +106,20 @@ def run_bounded(
             logger.warning(
                 "%s passed its %.0f s deadline; killing its process group", label, timeout
             )
-            _kill_group(proc)
+            kill_group(proc)
             returncode = None
-    return Completed(returncode, _tail(out_path), _tail(err_path))
+    return Completed(returncode, tail(out_path), tail(err_path))
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process's whole group (it was started in a session of its own) and reap it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
-def _tail(path: Path) -> str:
+def tail(path: Path) -> str:
+    """The last ``OUTPUT_TAIL`` bytes of an output file, decoded."""
     with path.open("rb") as handle:
         handle.seek(0, os.SEEK_END)
         size = handle.tell()

@@ -26,8 +26,10 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from taskbox_runner.verify.process import Completed, harness_env, run_bounded
+from taskbox_runner.verify.pytest_boot import PYTEST_PREFIX, TESTS_LABEL
 
 if TYPE_CHECKING:
+    from taskbox_runner.verify.process import Launch
     from taskbox_runner.verify.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -50,11 +52,6 @@ CARRIED_KEYS = (
     "asyncio_default_fixture_loop_scope",
     "DJANGO_SETTINGS_MODULE",
 )
-
-
-#: Runs pytest after importing coverage: pytest-cov imports it only once the repository is
-#: on sys.path, where a ``coverage.py`` of the project's would otherwise be found first.
-PYTEST_BOOTSTRAP = "import coverage, pytest, sys; sys.exit(pytest.console_main())"
 
 
 @dataclass(frozen=True)
@@ -280,10 +277,7 @@ def collection_targets(base: dict[str, Any], workdir: Path) -> list[str]:
 def _pytest_argv(ini: Path, workdir: Path, plugins: dict[str, str], junit_path: Path) -> list[str]:
     """The harness's pytest command line up to the run-specific options and targets."""
     argv = [
-        sys.executable,
-        "-P",
-        "-c",
-        PYTEST_BOOTSTRAP,
+        *PYTEST_PREFIX,
         "-c",
         str(ini),
         "--rootdir",
@@ -315,8 +309,13 @@ def run_pytest(
     scratch_dir: Path,
     timeout: float,
     django_settings: str | None = None,
+    launch: Launch = run_bounded,
 ) -> PytestRun:
-    """Run the repository's tests once with coverage; read junit and coverage JSON back."""
+    """Run the repository's tests once with coverage; read junit and coverage JSON back.
+
+    ``launch`` starts the process (a :class:`~taskbox_runner.verify.pytest_boot.WarmPytest`'s
+    ``run`` hands it to an interpreter started ahead).
+    """
     workdir = space.workdir
     base = base_pytest_settings(base_config_dir)
     plugins = _plugins_for(base, django_settings)
@@ -347,8 +346,8 @@ def run_pytest(
             "COVERAGE_RCFILE": str(rcfile),
         }
     )
-    done = run_bounded(
-        argv, cwd=workdir, env=env, timeout=timeout, output_dir=scratch_dir, label="pytest"
+    done = launch(
+        argv, cwd=workdir, env=env, timeout=timeout, output_dir=scratch_dir, label=TESTS_LABEL
     )
     run.completed = done
     if done.timed_out:
@@ -371,6 +370,7 @@ def run_test_files(
     timeout: float,
     label: str = "pytest-files",
     django_settings: str | None = None,
+    launch: Launch = run_bounded,
 ) -> PytestRun:
     """Run exactly ``test_files`` (repository-relative) in ``workdir``; junit cases, no coverage.
 
@@ -392,9 +392,7 @@ def run_test_files(
     argv = [*_pytest_argv(ini, root, plugins, junit_path), "-p", "no:pytest_cov", *targets]
     env = harness_env({"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONDONTWRITEBYTECODE": "1"})
     env.pop("PYTHONPYCACHEPREFIX", None)
-    done = run_bounded(
-        argv, cwd=root, env=env, timeout=timeout, output_dir=scratch_dir, label=label
-    )
+    done = launch(argv, cwd=root, env=env, timeout=timeout, output_dir=scratch_dir, label=label)
     run.completed = done
     if done.timed_out:
         run.problem = f"pytest did not finish within {timeout:.0f} s and was killed"
