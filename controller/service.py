@@ -51,6 +51,7 @@ from controller.store import (
     EventRecord,
     NewEvent,
     NewTask,
+    PageQuery,
     TaskRecord,
     TaskState,
     TaskStore,
@@ -638,23 +639,19 @@ class TaskService:
             status=status, repositories=repositories, after_seq=after_seq, limit=limit
         )
 
-    def list_task_views(
-        self,
-        *,
-        redact: Callable[[str], str],
-        status: TaskState | None,
-        repositories: Sequence[str] | None,
-        after_seq: int,
-        limit: int,
+    async def list_task_views(
+        self, query: PageQuery, *, redact: Callable[[str], str]
     ) -> list[tuple[int, str]]:
-        """One page of tasks in queue order, as ``(seq, TaskView JSON)`` (see :meth:`TaskStore.list_task_views`)."""
-        return self.store.list_task_views(
-            redact=redact,
-            status=status,
-            repositories=repositories,
-            after_seq=after_seq,
-            limit=limit,
-        )
+        """One page of tasks in queue order, as ``(seq, TaskView JSON)``.
+
+        An orchestrator polls: while no task changed, the page last built for the same
+        query is answered at once, on the event loop; otherwise the store's one query
+        runs in a worker thread (see :meth:`TaskStore.list_task_views`).
+        """
+        cached = self.store.cached_task_views(query, redact=redact)
+        if cached is not None:
+            return cached
+        return await asyncio.to_thread(self.store.list_task_views, query, redact=redact)
 
     def result(self, task_id: str) -> TaskResult:
         """The final result; TaskNotFinishedError while the task is queued or running."""

@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
@@ -232,6 +233,85 @@ class NewEvent:
     data: dict[str, JsonValue]
 
 
+#: Pages of the task list kept for reuse (a few queries per caller and page size are polled).
+MAX_CACHED_PAGES = 128
+#: Temporary triggers (this connection only): every write to ``tasks`` calls back into Python.
+_TASKS_CHANGED = "taskbox_tasks_changed"
+_CHANGE_TRIGGERS = tuple(
+    f"CREATE TEMP TRIGGER IF NOT EXISTS tasks_changed_{op.lower()} AFTER {op} ON main.tasks "
+    f"BEGIN SELECT {_TASKS_CHANGED}(); END"
+    for op in ("INSERT", "UPDATE", "DELETE")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """One page of the task list: which tasks, after which one, how many."""
+
+    status: str | None = None
+    """Only tasks in this state; ``None``: every state."""
+    repositories: tuple[str, ...] | None = None
+    """Only tasks of these repositories; ``None``: every repository, ``()``: none."""
+    after_seq: int = 0
+    """Tasks after this ``seq`` (the keyset cursor)."""
+    limit: int = 50
+
+
+PageKey = tuple[object, PageQuery]
+"""What one list page depends on: the redactor (applied to reasons) and the query."""
+
+
+#: (rows this connection wrote to ``tasks``, SQLite's ``data_version``): both only grow.
+Version = tuple[int, int]
+
+
+class _TaskPages:
+    """The task list's pages as last built, valid until the next write to ``tasks``.
+
+    Every view field (the queue position included) is a function of the ``tasks``
+    table alone, so a page stays right until a row of it changes. The store counts
+    the rows its own connection writes there (temporary triggers call
+    :meth:`changed`), and SQLite's ``data_version`` moves when another connection
+    commits (one should not, since the controller holds the file's lock, but an
+    operator's ``sqlite3`` shell could). Events go to their own table and do not
+    count. A page is stored with the version read under the store's lock with its
+    query, so a write cannot fall between the two.
+    """
+
+    def __init__(self) -> None:
+        self.changes = 0
+        self._version: Version = (0, 0)
+        self._pages: OrderedDict[PageKey, list[tuple[int, str]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def changed(self) -> None:
+        """Called by SQLite (under the store's lock) for every row written to ``tasks``."""
+        self.changes += 1
+
+    def get(self, key: PageKey, version: Version) -> list[tuple[int, str]] | None:
+        """The page for ``key`` if it was built at ``version``, else None."""
+        with self._lock:
+            if self._version != version:
+                return None
+            page = self._pages.get(key)
+            if page is not None:
+                self._pages.move_to_end(key)
+            return page
+
+    def put(self, key: PageKey, version: Version, page: list[tuple[int, str]]) -> None:
+        """Keep ``page``, built at ``version``."""
+        with self._lock:
+            if version != self._version:
+                if version < self._version:
+                    return  # built before a newer page was stored: already stale
+                self._pages.clear()
+                self._version = version
+            self._pages[key] = page
+            self._pages.move_to_end(key)
+            while len(self._pages) > MAX_CACHED_PAGES:
+                self._pages.popitem(last=False)
+
+
 class TaskStore:
     """SQLite-backed task index; every method is safe to call from any thread."""
 
@@ -258,9 +338,13 @@ class TaskStore:
             self._release_file_lock()
             raise StoreError(f"cannot open the task store {path}: {exc}") from exc
         self._conn.row_factory = sqlite3.Row
+        self._pages = _TaskPages()
         try:
             _configure(self._conn, path)
             migrate(self._conn)
+            self._conn.create_function(_TASKS_CHANGED, 0, self._pages.changed)
+            for trigger in _CHANGE_TRIGGERS:
+                self._conn.execute(trigger)
         except BaseException:
             self.close()
             raise
@@ -434,13 +518,7 @@ class TaskStore:
             return [TaskRecord.from_row(r) for r in conn.execute(sql, params)]
 
     def list_task_views(
-        self,
-        *,
-        redact: Callable[[str], str],
-        status: str | None = None,
-        repositories: Sequence[str] | None = None,
-        after_seq: int = 0,
-        limit: int = 50,
+        self, query: PageQuery, *, redact: Callable[[str], str]
     ) -> list[tuple[int, str]]:
         """:meth:`list_tasks`' page as ``(seq, TaskView JSON)`` pairs, in one query.
 
@@ -448,8 +526,9 @@ class TaskStore:
         task's JSON, its queue position (a correlated count on the ``(status, seq)``
         index, in the same snapshot) included, is built by SQLite; the stored task
         and result JSON are never read. ``redact`` is applied to every ``reason``.
+        The page is kept for :meth:`cached_task_views` until a task changes.
         """
-        found = _page_filter("t.", status, repositories, after_seq, limit)
+        found = _page_filter("t.", query.status, query.repositories, query.after_seq, query.limit)
         if found is None:
             return []
         where, params = found
@@ -460,13 +539,41 @@ class TaskStore:
         page = f"SELECT t.seq AS seq, {_TASK_VIEW_JSON} AS view FROM tasks t WHERE {where} ORDER BY t.seq LIMIT ?"  # noqa: S608 - only placeholders are interpolated
         sql = f"SELECT group_concat(seq, ','), group_concat(view, char(10)) FROM ({page})"  # noqa: S608 - no value is interpolated
         # One statement is one snapshot (autocommit, WAL): no BEGIN/COMMIT, two GIL hand-offs
-        # fewer. The lock serialises the shared connection; the redactor is the caller's.
+        # fewer. The lock serialises the shared connection and every write, so the change count
+        # read with the query is this snapshot's; the redactor is the caller's.
         with self._lock:
+            version = self._version()
             self._conn.create_function("taskbox_redact", 1, redact, deterministic=True)
             seqs, views = self._conn.execute(sql, params).fetchone()
-        if seqs is None:
-            return []
-        return sorted(zip(map(int, seqs.split(",")), views.split("\n"), strict=True))
+        result = (
+            []
+            if seqs is None
+            else sorted(zip(map(int, seqs.split(",")), views.split("\n"), strict=True))
+        )
+        self._pages.put((redact, query), version, result)
+        return result
+
+    def cached_task_views(
+        self, query: PageQuery, *, redact: Callable[[str], str]
+    ) -> list[tuple[int, str]] | None:
+        """The page :meth:`list_task_views` built for the same query if no task changed since.
+
+        No file I/O and no wait on the store's lock: safe to call on the event loop.
+        ``None`` when the page must be built (the first time, a task changed, or a
+        write holds the lock right now).
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            version = self._version()
+        finally:
+            self._lock.release()
+        return self._pages.get((redact, query), version)
+
+    def _version(self) -> Version:
+        """What the kept pages are checked against; call with the lock held."""
+        outside = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return (self._pages.changes, outside)
 
     def count_by_status(self) -> dict[str, int]:
         """How many tasks are in each state (every state present, zero when none)."""

@@ -17,6 +17,7 @@ from controller.store import (
     SCHEMA_VERSION,
     NewEvent,
     NewTask,
+    PageQuery,
     TaskStore,
     schema_version,
 )
@@ -369,7 +370,7 @@ def test_list_task_views_is_the_task_view_json_of_every_state(store: TaskStore) 
     def redact(text: str) -> str:
         return text.replace("/srv/secret", "<host path>")
 
-    listed = store.list_task_views(redact=redact, limit=100)
+    listed = store.list_task_views(PageQuery(limit=100), redact=redact)
     assert [json_text for _, json_text in listed] == _reference_views(store, redact)
     assert [seq for seq, _ in listed] == sorted(seq for seq, _ in listed)
     assert "/srv/secret" not in "".join(view for _, view in listed)
@@ -381,26 +382,123 @@ def test_list_task_views_filters_and_pages_by_keyset(store: TaskStore) -> None:
     """Status, repository and after_seq filter in the query; an empty repository list sees nothing."""
     for n in range(6):
         store.create_task(new_task(f"t{n}", key=f"k{n}"), QUEUED)
-    views = store.list_task_views(redact=str, limit=100)
+    views = store.list_task_views(PageQuery(limit=100), redact=str)
     seqs = [seq for seq, _ in views]
-    page = store.list_task_views(redact=str, after_seq=seqs[1], limit=2)
+    page = store.list_task_views(PageQuery(after_seq=seqs[1], limit=2), redact=str)
     assert [seq for seq, _ in page] == seqs[2:4]
-    assert store.list_task_views(redact=str, repositories=["beta"]) == []
-    assert store.list_task_views(redact=str, repositories=[]) == []
-    assert len(store.list_task_views(redact=str, repositories=["alpha", "beta"])) == 6
-    assert store.list_task_views(redact=str, status="running") == []
-    assert len(store.list_task_views(redact=str, status="queued", limit=100)) == 6
+    assert store.list_task_views(PageQuery(repositories=("beta",)), redact=str) == []
+    assert store.list_task_views(PageQuery(repositories=()), redact=str) == []
+    assert len(store.list_task_views(PageQuery(repositories=("alpha", "beta")), redact=str)) == 6
+    assert store.list_task_views(PageQuery(status="running"), redact=str) == []
+    assert len(store.list_task_views(PageQuery(status="queued", limit=100), redact=str)) == 6
 
 
 def test_list_task_views_is_one_statement(store: TaskStore) -> None:
-    """A page of queued tasks is read with one SQL statement: no query per task, no transaction."""
+    """A page of queued tasks is read with one query: no query per task, no transaction."""
     for n in range(20):
         store.create_task(new_task(f"t{n}", key=f"k{n}"), QUEUED)
     statements: list[str] = []
     store._conn.set_trace_callback(statements.append)
     try:
-        views = store.list_task_views(redact=str, limit=50)
+        views = store.list_task_views(PageQuery(limit=50), redact=str)
     finally:
         store._conn.set_trace_callback(None)
     assert len(views) == 20
-    assert len(statements) == 1, statements
+    # One SELECT for the page; the pragma reads the version its page is kept under.
+    assert [s.split()[0] for s in statements] == ["PRAGMA", "SELECT"], statements
+    assert statements[0] == "PRAGMA data_version"
+
+
+def test_a_listed_page_is_reused_until_a_task_changes(store: TaskStore) -> None:
+    """Every kind of write to a task invalidates the kept pages; an event or another query does not serve them."""
+    for n in range(3):
+        store.create_task(new_task(f"t{n}", key=f"k{n}"), QUEUED)
+    query = PageQuery(limit=10)
+    assert store.cached_task_views(query, redact=str) is None  # never built
+    built = store.list_task_views(query, redact=str)
+    assert store.cached_task_views(query, redact=str) == built
+    assert store.cached_task_views(PageQuery(limit=9), redact=str) is None
+    assert store.cached_task_views(query, redact=str.upper) is None  # another redactor
+
+    store.append_event("t0", NewEvent("progress", "an event changes no task", {}))
+    assert store.cached_task_views(query, redact=str) == built
+
+    writes: list[Callable[[], object]] = [
+        lambda: store.claim_next(lambda key: f"run-{key}"),
+        lambda: store.mark_cancel_requested("t0", NewEvent("cancel_requested", "asked", {})),
+        lambda: store.requeue("t0", event=QUEUED, uncount_attempt=True),
+        lambda: store.claim_next(lambda key: f"run-{key}"),
+        lambda: store.finish(
+            "t0", status="failed", result_json="{}", reason="r", event=NewEvent("finished", "f", {})
+        ),
+        lambda: store.create_task(new_task("t9", key="k9"), QUEUED),
+    ]
+    for write in writes:
+        before = store.list_task_views(query, redact=str)
+        write()
+        assert store.cached_task_views(query, redact=str) is None, write
+        after = store.list_task_views(query, redact=str)
+        assert after != before
+        assert store.cached_task_views(query, redact=str) == after
+
+
+def test_a_write_by_hand_to_the_tasks_table_also_invalidates(store: TaskStore) -> None:
+    """The count comes from triggers on the table, not from the store's methods: any UPDATE counts."""
+    store.create_task(new_task("t0"), QUEUED)
+    query = PageQuery()
+    store.list_task_views(query, redact=str)
+    with store._lock:
+        store._conn.execute("UPDATE tasks SET base_ref = 'other' WHERE id = 't0'")
+    assert store.cached_task_views(query, redact=str) is None
+    assert '"baseRef":"other"' in store.list_task_views(query, redact=str)[0][1]
+
+
+def test_a_page_built_before_a_newer_one_is_not_kept(store: TaskStore) -> None:
+    """A slow reader that stores its page after a write and a newer page cannot bring old data back."""
+    store.create_task(new_task("t0"), QUEUED)
+    query = PageQuery()
+    stale = store.list_task_views(query, redact=str)
+    with store._lock:
+        stale_version = store._version()
+    store.create_task(new_task("t1", key="k1"), QUEUED)
+    fresh = store.list_task_views(query, redact=str)
+    store._pages.put((str, query), stale_version, stale)
+    assert store.cached_task_views(query, redact=str) == fresh
+
+
+def test_a_commit_by_another_connection_also_invalidates(store: TaskStore) -> None:
+    """An operator's sqlite3 shell writes behind the store's back: data_version catches it."""
+    store.create_task(new_task("t0"), QUEUED)
+    query = PageQuery()
+    store.list_task_views(query, redact=str)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("UPDATE tasks SET base_ref = 'by-hand' WHERE id = 't0'")
+    finally:
+        other.close()
+    assert store.cached_task_views(query, redact=str) is None
+    assert '"baseRef":"by-hand"' in store.list_task_views(query, redact=str)[0][1]
+
+
+def test_a_page_is_not_served_while_a_write_holds_the_lock(store: TaskStore) -> None:
+    """The event loop never waits on a commit: with the lock taken elsewhere, the answer is 'build it'."""
+    store.create_task(new_task("t0"), QUEUED)
+    query = PageQuery()
+    store.list_task_views(query, redact=str)
+    held = threading.Event()
+    release = threading.Event()
+
+    def writer() -> None:
+        with store._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert held.wait(10)
+        assert store.cached_task_views(query, redact=str) is None
+    finally:
+        release.set()
+        thread.join()
+    assert store.cached_task_views(query, redact=str) is not None

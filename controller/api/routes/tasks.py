@@ -38,7 +38,7 @@ from controller.api.models import (
 )
 from controller.api.redact import HostPathRedactor  # noqa: TC001 - used at runtime
 from controller.service import TaskService  # noqa: TC001 - used in annotations FastAPI never sees
-from controller.store import TaskRecord, TaskState  # noqa: TC001 - FastAPI resolves TaskState
+from controller.store import PageQuery, TaskRecord, TaskState
 from taskbox_wire.contract import TaskResult
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -169,7 +169,7 @@ def submit_task(
     response_model=TaskPage,
     responses=error_responses(401, 403, 422, 500, 503),
 )
-def list_tasks(
+async def list_tasks(
     *,
     principal: PrincipalDep,
     service: ServiceDep,
@@ -193,18 +193,20 @@ def list_tasks(
     # position and redacted reason included); the body is those strings joined and sent as is.
     # A record and a model per task, then FastAPI's validate, walk and encode of the page, cost
     # several times the query (issue 15). response_model keeps the documented schema.
+    # An orchestrator polls: while no task changed, the page last built for the same query is
+    # answered on the event loop; otherwise the query runs in a worker thread (the service).
     repositories = principal.visible()
     if repository is not None:
         require_repository(principal, repository)
         repositories = [repository]
     after = 0 if cursor is None else decode_cursor(cursor)
-    views = service.list_task_views(
-        redact=context.redactor.redact_text,
+    query = PageQuery(
         status=status,
-        repositories=repositories,
+        repositories=None if repositories is None else tuple(repositories),
         after_seq=after,
         limit=limit + 1,
     )
+    views = await service.list_task_views(query, redact=context.redactor.redact_text)
     shown = views[:limit]
     next_cursor = encode_cursor(shown[-1][0]) if len(views) > limit else None
     # The same bytes TaskPage.model_dump_json would write (test_tasks.py compares them).

@@ -39,7 +39,7 @@ from controller.display import duration
 from controller.errors import AuditNotFoundError, TaskboxError, TaskNotFoundError
 from controller.gateway.transcript import TRANSCRIPT_FILE, read_transcript
 from controller.policy.planner import MountPlan
-from controller.store import TASK_STATES
+from controller.store import TASK_STATES, PageQuery
 from taskbox_wire.contract import TaskResult
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def stylesheet() -> Response:
 
 
 @router.get("/tasks")
-def task_list(
+async def task_list(
     *,
     principal: UiPrincipalDep,
     service: ServiceDep,
@@ -170,13 +170,13 @@ def task_list(
                 raise RepositoryForbiddenError(f"this token may not use repository {repository!r}")
             repositories = [repository]
         after = decode_cursor(cursor) if cursor else 0
-        page = service.list_task_views(
-            redact=context.redactor.redact_text,
-            status=status or None,  # type: ignore[arg-type]  # checked against TASK_STATES above
-            repositories=repositories,
+        query = PageQuery(
+            status=status or None,
+            repositories=None if repositories is None else tuple(repositories),
             after_seq=after,
             limit=PAGE_SIZE + 1,
         )
+        page = await service.list_task_views(query, redact=context.redactor.redact_text)
     except TaskboxError as exc:
         return _error_page(principal, exc)
     shown = page[:PAGE_SIZE]
