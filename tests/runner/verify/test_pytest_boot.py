@@ -6,6 +6,7 @@ sandbox is covered by the real-engine tests (its log names the warm run).
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -196,3 +197,31 @@ def test_run_pytest_through_a_warm_interpreter_reports_what_a_cold_run_does(
     assert cold.coverage is not None
     assert hot.coverage is not None
     assert hot.coverage.percent_covered == cold.coverage.percent_covered
+
+
+def test_when_no_warm_interpreter_can_start_the_run_starts_cold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed start (no process, e.g. out of pids) is logged and the run goes to run_bounded."""
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    with WarmPytest() as warm:
+        with monkeypatch.context() as patched:
+            patched.setattr(subprocess, "Popen", refuse)
+            warm.start(tmp_path / "scratch", TESTS_LABEL)
+        repo = _repo(tmp_path, "def test_one() -> None:\n    assert True\n")
+        done = warm.run(
+            _argv(repo, tmp_path / "junit.xml"),
+            cwd=repo,
+            env=harness_env(),
+            timeout=120,
+            output_dir=tmp_path / "scratch",
+            label=TESTS_LABEL,
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert warm.used == []
+    junit = read_junit(tmp_path / "junit.xml")
+    assert junit is not None
+    assert junit.passed == 1

@@ -110,20 +110,27 @@ class WarmPytest:
         """Labels of the runs that took a warm interpreter, in order (for the log and tests)."""
 
     def start(self, output_dir: Path, label: str) -> None:
-        """Start the interpreter for the run that will write ``output_dir/<label>.*``."""
+        """Start the interpreter for the run that will write ``output_dir/<label>.*``.
+
+        When it cannot be started, nothing is kept and that run starts cold.
+        """
         output_dir.mkdir(parents=True, exist_ok=True)
         out_path = output_dir / f"{label}.stdout"
         err_path = output_dir / f"{label}.stderr"
-        with out_path.open("wb") as out, err_path.open("wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-P", "-c", WARM_BOOTSTRAP, *self._plugins],
-                cwd=output_dir,
-                env=harness_env(),
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
+        try:
+            with out_path.open("wb") as out, err_path.open("wb") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-P", "-c", WARM_BOOTSTRAP, *self._plugins],
+                    cwd=output_dir,
+                    env=harness_env(),
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+        except OSError as exc:  # no warm start: the run starts cold, as it always could
+            logger.warning("could not start a warm interpreter for %s: %s", label, exc)
+            return
         assert proc.stdin is not None  # noqa: S101 - stdin=PIPE always makes one
         self._waiting[(output_dir, label)] = _Waiting(proc, proc.stdin, out_path, err_path)
 
