@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
-from taskbox_runner.verify.process import harness_env, run_bounded
+from taskbox_runner.verify.process import Completed, harness_env, run_bounded
 from taskbox_runner.verify.pytest_boot import PYTEST_PREFIX, TESTS_LABEL, WarmPytest
 from taskbox_runner.verify.pytest_run import read_junit, run_pytest
 
@@ -46,6 +46,24 @@ def _argv(repo: Path, junit: Path) -> list[str]:
     ]
 
 
+def _run_tests(
+    warm: WarmPytest,
+    repo: Path,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> Completed:
+    """The harness's pytest on ``repo`` through ``warm``, as the tests run (scratch, label)."""
+    return warm.run(
+        _argv(repo, tmp_path / "junit.xml"),
+        cwd=repo,
+        env=harness_env() if env is None else env,
+        timeout=timeout,
+        output_dir=tmp_path / "scratch",
+        label=TESTS_LABEL,
+    )
+
+
 def _repo(tmp_path: Path, test: str) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -63,14 +81,7 @@ def test_a_warm_run_gets_the_argv_cwd_and_environment_of_its_order(
         monkeypatch.delenv("TASKBOX_WARM_STALE")
         repo = _repo(tmp_path, ENV_TEST)
         env = harness_env({"TASKBOX_WARM_PROBE": "handed-at-the-run"})
-        done = warm.run(
-            _argv(repo, tmp_path / "junit.xml"),
-            cwd=repo,
-            env=env,
-            timeout=120,
-            output_dir=tmp_path / "scratch",
-            label=TESTS_LABEL,
-        )
+        done = _run_tests(warm, repo, tmp_path, env=env)
 
     assert done.returncode == 0, done.stdout + done.stderr
     junit = read_junit(tmp_path / "junit.xml")
@@ -95,14 +106,7 @@ def test_a_warm_interpreter_imports_nothing_from_the_repository_before_its_run(
         )
     with WarmPytest() as warm:
         warm.start(tmp_path / "scratch", TESTS_LABEL)
-        done = warm.run(
-            _argv(repo, tmp_path / "junit.xml"),
-            cwd=repo,
-            env=harness_env(),
-            timeout=120,
-            output_dir=tmp_path / "scratch",
-            label=TESTS_LABEL,
-        )
+        done = _run_tests(warm, repo, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert not marker.exists()
 
@@ -117,14 +121,7 @@ def test_a_warm_run_past_its_deadline_is_killed_with_its_group(tmp_path: Path) -
     )
     with WarmPytest() as warm:
         warm.start(tmp_path / "scratch", TESTS_LABEL)
-        done = warm.run(
-            _argv(repo, tmp_path / "junit.xml"),
-            cwd=repo,
-            env=harness_env(),
-            timeout=3,
-            output_dir=tmp_path / "scratch",
-            label=TESTS_LABEL,
-        )
+        done = _run_tests(warm, repo, tmp_path, timeout=3)
     assert done.timed_out
     assert read_junit(tmp_path / "junit.xml") is None
 
@@ -212,14 +209,7 @@ def test_when_no_warm_interpreter_can_start_the_run_starts_cold(
             patched.setattr(subprocess, "Popen", refuse)
             warm.start(tmp_path / "scratch", TESTS_LABEL)
         repo = _repo(tmp_path, "def test_one() -> None:\n    assert True\n")
-        done = warm.run(
-            _argv(repo, tmp_path / "junit.xml"),
-            cwd=repo,
-            env=harness_env(),
-            timeout=120,
-            output_dir=tmp_path / "scratch",
-            label=TESTS_LABEL,
-        )
+        done = _run_tests(warm, repo, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert warm.used == []
     junit = read_junit(tmp_path / "junit.xml")
