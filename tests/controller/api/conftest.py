@@ -264,3 +264,32 @@ def serve_process(
     for served in started:
         if served.process.poll() is None:
             served.kill()
+    remove_run_containers(tmp_path / "runs")
+
+
+def remove_run_containers(runs_dir: Path) -> None:
+    """Remove the containers of the runs recorded under ``runs_dir`` (a killed server's, a failed test's).
+
+    A test that kills the server leaves its sandboxes to the next server's recovery; when the
+    test fails before that, nothing else would remove them. Only this test's runs are touched:
+    the run ids are the names of its run folders.
+    """
+    if not runs_dir.is_dir():
+        return
+    run_ids = {entry.name for entry in runs_dir.iterdir() if entry.is_dir()}
+    if not run_ids:
+        return
+    import docker  # noqa: PLC0415 - only tests that ran real sandboxes get here
+
+    try:
+        client = docker.from_env()
+    except docker.errors.DockerException:
+        return  # no engine: no sandbox can have been started
+    try:
+        for container in client.containers.list(
+            all=True, filters={"label": "org.taskbox.managed=1"}
+        ):
+            if container.labels.get("org.taskbox.run") in run_ids:
+                container.remove(force=True)
+    finally:
+        client.close()
