@@ -281,7 +281,8 @@ class _TaskPages:
     def __init__(self) -> None:
         self.changes = 0
         self._version: Version = (0, 0)
-        self._pages: OrderedDict[PageKey, list[tuple[int, str]]] = OrderedDict()
+        # Kept as tuples and handed out as new lists: no caller can change a kept page.
+        self._pages: OrderedDict[PageKey, tuple[tuple[int, str], ...]] = OrderedDict()
         self._lock = threading.Lock()
 
     def changed(self) -> None:
@@ -294,9 +295,10 @@ class _TaskPages:
             if self._version != version:
                 return None
             page = self._pages.get(key)
-            if page is not None:
-                self._pages.move_to_end(key)
-            return page
+            if page is None:
+                return None
+            self._pages.move_to_end(key)
+        return list(page)
 
     def put(self, key: PageKey, version: Version, page: list[tuple[int, str]]) -> None:
         """Keep ``page``, built at ``version``."""
@@ -306,7 +308,7 @@ class _TaskPages:
                     return  # built before a newer page was stored: already stale
                 self._pages.clear()
                 self._version = version
-            self._pages[key] = page
+            self._pages[key] = tuple(page)
             self._pages.move_to_end(key)
             while len(self._pages) > MAX_CACHED_PAGES:
                 self._pages.popitem(last=False)

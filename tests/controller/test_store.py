@@ -502,3 +502,16 @@ def test_a_page_is_not_served_while_a_write_holds_the_lock(store: TaskStore) -> 
         release.set()
         thread.join()
     assert store.cached_task_views(query, redact=str) is not None
+
+
+def test_a_kept_page_cannot_be_changed_by_its_reader(store: TaskStore) -> None:
+    """Each caller gets its own list: changing one does not change what the next caller is given."""
+    store.create_task(new_task("t0"), QUEUED)
+    query = PageQuery()
+    first = store.list_task_views(query, redact=str)
+    first.clear()
+    served = store.cached_task_views(query, redact=str)
+    assert served is not None
+    assert len(served) == 1
+    served.append((0, "{}"))
+    assert store.cached_task_views(query, redact=str) == store.list_task_views(query, redact=str)
