@@ -130,7 +130,7 @@ def test_an_interpreter_no_run_took_ends_on_close(tmp_path: Path) -> None:
     """Closing the pool ends a waiting interpreter: end of input, and it exits on its own."""
     warm = WarmPytest()
     warm.start(tmp_path / "scratch", TESTS_LABEL)
-    process = warm._waiting[(tmp_path / "scratch", TESTS_LABEL)].proc
+    process = warm._waiting[(tmp_path / "scratch", TESTS_LABEL)]
     warm.close()
     assert process.returncode == 0
     assert warm.used == []
@@ -141,7 +141,7 @@ def test_a_run_with_no_warm_interpreter_or_not_pytest_starts_cold(tmp_path: Path
     scratch = tmp_path / "scratch"
     with WarmPytest() as warm:
         warm.start(scratch, TESTS_LABEL)
-        waiting = warm._waiting[(scratch, TESTS_LABEL)].proc
+        waiting = warm._waiting[(scratch, TESTS_LABEL)]
         other = warm.run(
             [sys.executable, "-c", "print('cold')"],
             cwd=tmp_path,

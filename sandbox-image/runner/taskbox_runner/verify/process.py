@@ -88,8 +88,7 @@ def run_bounded(
     label: str,
 ) -> Completed:
     """Run ``argv`` to completion or kill its process group at ``timeout`` seconds."""
-    out_path = output_dir / f"{label}.stdout"
-    err_path = output_dir / f"{label}.stderr"
+    out_path, err_path = output_paths(output_dir, label)
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen(
             list(argv),
@@ -100,14 +99,26 @@ def run_bounded(
             stderr=err,
             start_new_session=True,
         )
-        try:
-            returncode: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning(
-                "%s passed its %.0f s deadline; killing its process group", label, timeout
-            )
-            kill_group(proc)
-            returncode = None
+    return wait_bounded(proc, timeout=timeout, output_dir=output_dir, label=label)
+
+
+def output_paths(output_dir: Path, label: str) -> tuple[Path, Path]:
+    """Where a harness subprocess labelled ``label`` writes its stdout and stderr."""
+    return output_dir / f"{label}.stdout", output_dir / f"{label}.stderr"
+
+
+def wait_bounded(
+    proc: subprocess.Popen[bytes], *, timeout: float, output_dir: Path, label: str
+) -> Completed:
+    """Wait for ``proc`` (started in a session of its own, writing to :func:`output_paths`);
+    kill its process group at ``timeout`` seconds; its exit status and the tails of its output."""
+    try:
+        returncode: int | None = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s passed its %.0f s deadline; killing its process group", label, timeout)
+        kill_group(proc)
+        returncode = None
+    out_path, err_path = output_paths(output_dir, label)
     return Completed(returncode, tail(out_path), tail(err_path))
 
 

@@ -29,16 +29,22 @@ import json
 import logging
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Self
 
-from taskbox_runner.verify.process import Completed, harness_env, kill_group, run_bounded, tail
+from taskbox_runner.verify.process import (
+    harness_env,
+    kill_group,
+    output_paths,
+    run_bounded,
+    wait_bounded,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
     from types import TracebackType
+
+    from taskbox_runner.verify.process import Completed
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +92,6 @@ sys.exit(pytest.console_main())
 """
 
 
-@dataclass
-class _Waiting:
-    """One warm interpreter and the output files it was given at its start."""
-
-    proc: subprocess.Popen[bytes]
-    stdin: IO[bytes]
-    out_path: Path
-    err_path: Path
-
-
 class WarmPytest:
     """Harness pytest interpreters started ahead of their runs, one per ``(output_dir, label)``.
 
@@ -105,7 +101,8 @@ class WarmPytest:
 
     def __init__(self, plugins: Sequence[str] = WARM_PLUGINS) -> None:
         self._plugins = tuple(plugins)
-        self._waiting: dict[tuple[Path, str], _Waiting] = {}
+        # Each waiting interpreter (started with stdin=PIPE), by the run it stands in for.
+        self._waiting: dict[tuple[Path, str], subprocess.Popen[bytes]] = {}
         self.used: list[str] = []
         """Labels of the runs that took a warm interpreter, in order (for the log and tests)."""
 
@@ -115,8 +112,7 @@ class WarmPytest:
         When it cannot be started, nothing is kept and that run starts cold.
         """
         output_dir.mkdir(parents=True, exist_ok=True)
-        out_path = output_dir / f"{label}.stdout"
-        err_path = output_dir / f"{label}.stderr"
+        out_path, err_path = output_paths(output_dir, label)
         try:
             with out_path.open("wb") as out, err_path.open("wb") as err:
                 proc = subprocess.Popen(
@@ -131,8 +127,7 @@ class WarmPytest:
         except OSError as exc:  # no warm start: the run starts cold, as it always could
             logger.warning("could not start a warm interpreter for %s: %s", label, exc)
             return
-        assert proc.stdin is not None  # noqa: S101 - stdin=PIPE always makes one
-        self._waiting[(output_dir, label)] = _Waiting(proc, proc.stdin, out_path, err_path)
+        self._waiting[(output_dir, label)] = proc
 
     def run(
         self,
@@ -146,34 +141,18 @@ class WarmPytest:
     ) -> Completed:
         """Hand the run to its warm interpreter; a run with none (or not pytest) starts cold."""
         waiting = self._waiting.pop((output_dir, label), None)
-        if waiting is None or tuple(argv[: len(PYTEST_PREFIX)]) != PYTEST_PREFIX:
-            if waiting is not None:
-                self._end(waiting)
-            return run_bounded(
-                argv, cwd=cwd, env=env, timeout=timeout, output_dir=output_dir, label=label
-            )
-        order = {"argv": ["-c", *argv[len(PYTEST_PREFIX) :]], "cwd": str(cwd), "env": dict(env)}
-        deadline = time.monotonic() + timeout
-        try:
-            waiting.stdin.write(json.dumps(order).encode("utf-8"))
-            waiting.stdin.close()
-        except OSError as exc:  # it died while waiting: start the run cold instead
-            logger.warning("the warm interpreter for %s was gone (%s); starting cold", label, exc)
+        if (
+            waiting is not None
+            and tuple(argv[: len(PYTEST_PREFIX)]) == PYTEST_PREFIX
+            and _hand_over(waiting, argv[len(PYTEST_PREFIX) :], cwd=cwd, env=env, label=label)
+        ):
+            self.used.append(label)
+            return wait_bounded(waiting, timeout=timeout, output_dir=output_dir, label=label)
+        if waiting is not None:
             self._end(waiting)
-            return run_bounded(
-                argv, cwd=cwd, env=env, timeout=timeout, output_dir=output_dir, label=label
-            )
-        self.used.append(label)
-        returncode: int | None
-        try:
-            returncode = waiting.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            logger.warning(
-                "%s passed its %.0f s deadline; killing its process group", label, timeout
-            )
-            kill_group(waiting.proc)
-            returncode = None
-        return Completed(returncode, tail(waiting.out_path), tail(waiting.err_path))
+        return run_bounded(
+            argv, cwd=cwd, env=env, timeout=timeout, output_dir=output_dir, label=label
+        )
 
     def close(self) -> None:
         """End every interpreter no run took."""
@@ -193,10 +172,35 @@ class WarmPytest:
         self.close()
 
     @staticmethod
-    def _end(waiting: _Waiting) -> None:
+    def _end(waiting: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(OSError):
-            waiting.stdin.close()  # end of input: the bootstrap exits on its own
+            _order_pipe(waiting).close()  # end of input: the bootstrap exits on its own
         try:
-            waiting.proc.wait(timeout=2)
+            waiting.wait(timeout=2)
         except subprocess.TimeoutExpired:  # still importing: nothing of value is lost
-            kill_group(waiting.proc)
+            kill_group(waiting)
+
+
+def _hand_over(
+    proc: subprocess.Popen[bytes],
+    pytest_args: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    label: str,
+) -> bool:
+    """Write the run's order and close the pipe; False when the interpreter is gone."""
+    order = {"argv": ["-c", *pytest_args], "cwd": str(cwd), "env": dict(env)}
+    try:
+        _order_pipe(proc).write(json.dumps(order).encode("utf-8"))
+        _order_pipe(proc).close()
+    except OSError as exc:  # it died while waiting: the run starts cold instead
+        logger.warning("the warm interpreter for %s was gone (%s); starting cold", label, exc)
+        return False
+    return True
+
+
+def _order_pipe(proc: subprocess.Popen[bytes]) -> IO[bytes]:
+    """The write end of a warm interpreter's stdin (it was started with ``stdin=PIPE``)."""
+    assert proc.stdin is not None  # noqa: S101 - stdin=PIPE always makes one
+    return proc.stdin
