@@ -535,18 +535,7 @@ class TaskRunner:
 
     def audit(self, run_id: str) -> dict[str, JsonValue] | None:
         """What a security team asks of a run: plan, effective policy and digest, image, container."""
-        record = RunRecord(self._settings.runs_dir, run_id)
-        if not record.dir.is_dir():
-            return None
-        meta = record.read_json("run.json") or {}
-        return {
-            "run_id": run_id,
-            "plan": record.read_json("plan.json"),
-            "policy": record.read_json("policy.json"),
-            "image": meta.get("image"),
-            "image_id": meta.get("image_id"),
-            "container": record.read_json("container.json"),
-        }
+        return audit_record(RunRecord(self._settings.runs_dir, run_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -626,3 +615,21 @@ def make_readiness_probes(settings: Settings) -> dict[str, Callable[[], None]]:
             raise SandboxError(f"sandbox image {settings.image} is not built")
 
     return {"engine": engine.ping, "image": image}
+
+
+def audit_record(record: RunRecord) -> dict[str, JsonValue] | None:
+    """The audit of the run recorded at ``record``: plan, effective policy, image, container.
+
+    ``None`` when there is no such record.
+    """
+    if not record.dir.is_dir():
+        return None
+    meta = record.read_json("run.json") or {}
+    return {
+        "run_id": record.root.name,
+        "plan": record.read_json("plan.json"),
+        "policy": record.read_json("policy.json"),
+        "image": meta.get("image"),
+        "image_id": meta.get("image_id"),
+        "container": record.read_json("container.json"),
+    }

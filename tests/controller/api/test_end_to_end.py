@@ -75,6 +75,7 @@ def test_submit_follow_events_read_result_and_find_the_branch(
 
     audit_answer = client.get(f"/v1/tasks/{task_id}/audit")
     audit = audit_answer.json()["audit"]
+    assert audit["run_id"] == client.get(f"/v1/tasks/{task_id}").json()["runId"]
     assert audit["container"]["HostConfig"]["ReadonlyRootfs"] is True
     assert audit["policy"]["digest"].startswith("sha256:")
     # No host path (runs folder, repository, engine data root) reaches the caller.

@@ -40,7 +40,7 @@ from controller.gateway.transcript import (
     TranscriptEntry,
     TranscriptWriter,
 )
-from controller.runs import RunRecord
+from controller.runs import RunRecord, audit_record
 from controller.settings import PROJECT_ROOT, Settings
 from controller.store import FINAL_STATES
 from taskbox_wire.contract import ConstraintReport, Task, TaskResult, TestResults
@@ -311,18 +311,7 @@ class RecordingExecutor:
 
     def audit(self, run_id: str) -> dict[str, JsonValue] | None:
         """The record, as ``TaskRunner.audit`` reads it."""
-        record = RunRecord(self.runs_dir, run_id)
-        if not record.dir.is_dir():
-            return None
-        meta = record.read_json("run.json") or {}
-        return {
-            "run_id": run_id,
-            "plan": record.read_json("plan.json"),
-            "policy": record.read_json("policy.json"),
-            "image": meta.get("image"),
-            "image_id": meta.get("image_id"),
-            "container": record.read_json("container.json"),
-        }
+        return audit_record(RunRecord(self.runs_dir, run_id))
 
 
 @dataclass
